@@ -1,0 +1,258 @@
+"""The model bundle: `NAME.amiedge/` holding `manifest.json` and single-file ONNX graphs.
+
+The bundle is the only thing that travels from workstation to device. `load_bundle` validates the manifest
+against the schema below and checks every graph's sha256; any problem names the file and the field at fault.
+This module is runtime code: numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError, BundleNotFoundError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SUFFIX = ".amiedge"
+GRAPH_NAMES = ("encoder", "predictor", "ac_predictor")
+FAMILIES = ("vjepa2", "vjepa", "ijepa", "native")
+LAYOUTS = ("BCTHW", "BTCHW", "BCHW")
+PRECISIONS = ("fp32", "fp16", "int8")
+SHIPPED_DIR = Path(__file__).parent / "bundles"
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the manifest path and the field."""
+
+    def __init__(self, data: Any, where: str, file: Path):
+        if not isinstance(data, dict):
+            raise BundleError(f"{file}: field '{where}' must be an object, got {type(data).__name__}")
+        self.data, self.where, self.file = data, where, file
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise BundleError(f"{self.file}: missing field '{self._path(key)}'")
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            value = None  # JSON true is not a number
+        if value is None or not isinstance(value, kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise BundleError(f"{self.file}: field '{self._path(key)}' must be {name}, got {self.data[key]!r}")
+        return value
+
+    def choice(self, key: str, valid: tuple[str, ...]) -> str:
+        value = self.get(key, str)
+        if value not in valid:
+            raise BundleError(f"{self.file}: field '{self._path(key)}'={value!r} is not one of {', '.join(valid)}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self.get(key, dict), self._path(key), self.file)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. Dynamic dimensions are named strings ("batch", "context" ...)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def parse(cls, r: _Reader) -> TensorSpec:
+        shape = r.get("shape", list)
+        if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
+            raise BundleError(f"{r.file}: field '{r.where}.shape' must list ints or axis names, got {shape!r}")
+        return cls(r.get("name", str), r.get("dtype", str), tuple(shape))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    precision: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int
+
+    @classmethod
+    def parse(cls, r: _Reader) -> GraphSpec:
+        def tensors(key: str) -> tuple[TensorSpec, ...]:
+            items = r.get(key, list)
+            if not items:
+                raise BundleError(f"{r.file}: field '{r.where}.{key}' is empty")
+            return tuple(TensorSpec.parse(_Reader(t, f"{r.where}.{key}[{i}]", r.file)) for i, t in enumerate(items))
+
+        file = r.get("file", str)
+        if Path(file).name != file or file in ("", ".", ".."):
+            raise BundleError(f"{r.file}: field '{r.where}.file'={file!r} must be a plain file name in the bundle")
+        return cls(file=file, precision=r.choice("precision", PRECISIONS), sha256=r.get("sha256", str),
+                   inputs=tensors("inputs"), outputs=tensors("outputs"), opset=r.get("opset", int))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    layout: str
+    frames: int
+    tubelet: int
+    height: int
+    width: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, r: _Reader) -> InputSpec:
+        mean, std = r.get("mean", list), r.get("std", list)
+        channels = r.get("channels", int)
+        for key, vals in (("mean", mean), ("std", std)):
+            if len(vals) != channels or not all(isinstance(v, (int, float)) for v in vals):
+                raise BundleError(f"{r.file}: field 'input.{key}' must hold {channels} numbers, got {vals!r}")
+        if any(s <= 0 for s in std):
+            raise BundleError(f"{r.file}: field 'input.std' must be positive, got {std!r}")
+        return cls(layout=r.choice("layout", LAYOUTS), frames=r.get("frames", int), tubelet=r.get("tubelet", int),
+                   height=r.get("height", int), width=r.get("width", int), channels=channels,
+                   mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    tokens: int
+    dim: int
+    grid: tuple[int, int, int]
+
+    @classmethod
+    def parse(cls, r: _Reader) -> LatentSpec:
+        grid = r.get("grid", list)
+        if len(grid) != 3 or not all(isinstance(g, int) and g > 0 for g in grid):
+            raise BundleError(f"{r.file}: field 'latent.grid' must be [T, H, W] positive ints, got {grid!r}")
+        tokens = r.get("tokens", int)
+        if tokens != grid[0] * grid[1] * grid[2]:
+            raise BundleError(f"{r.file}: field 'latent.tokens'={tokens} != product of latent.grid {grid}")
+        return cls(tokens=tokens, dim=r.get("dim", int), grid=(grid[0], grid[1], grid[2]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    name: str
+    family: str
+    input: InputSpec
+    latent: LatentSpec
+    graphs: dict[str, GraphSpec]
+    parity: dict[str, Any]
+    provenance: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)  # the JEPA config, to rebuild the torch model
+
+    @classmethod
+    def parse(cls, data: Any, file: Path) -> Manifest:
+        r = _Reader(data, "", file)
+        version = r.get("schema_version", int)
+        if version > SCHEMA_VERSION:
+            raise BundleError(f"{file}: written with bundle schema {version}, newer than this ami-edge reads "
+                              f"({SCHEMA_VERSION}); upgrade ami-edge (pip install -U ami-edge)")
+        if version < 1:
+            raise BundleError(f"{file}: field 'schema_version'={version} is not a valid schema version")
+        graphs_r = r.sub("graphs")
+        unknown = sorted(set(graphs_r.data) - set(GRAPH_NAMES))
+        if unknown:
+            raise BundleError(f"{file}: field 'graphs' has unknown graphs {unknown}; known: {', '.join(GRAPH_NAMES)}")
+        if "encoder" not in graphs_r.data:
+            raise BundleError(f"{file}: missing field 'graphs.encoder' (every bundle needs an encoder)")
+        graphs = {name: GraphSpec.parse(graphs_r.sub(name)) for name in GRAPH_NAMES if name in graphs_r.data}
+        return cls(schema_version=version, name=r.get("name", str), family=r.choice("family", FAMILIES),
+                   input=InputSpec.parse(r.sub("input")), latent=LatentSpec.parse(r.sub("latent")), graphs=graphs,
+                   parity=r.get("parity", dict), provenance=r.get("provenance", dict),
+                   model=r.get("model", dict, optional=True) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified model bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def graph_path(self, name: str) -> Path:
+        """Path of one graph's ONNX file. Raises BundleError when the bundle has no such graph."""
+        if name not in self.manifest.graphs:
+            raise BundleError(f"bundle {self.path} has no '{name}' graph; it has: {', '.join(self.manifest.graphs)}")
+        return self.path / self.manifest.graphs[name].file
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest.graphs
+
+
+def shipped_bundles() -> list[str]:
+    """Names of the bundles that ship inside the package (for `load_bundle("default")`)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in SHIPPED_DIR.glob(f"*{SUFFIX}") if p.is_dir())
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix != SUFFIX and path.with_name(path.name + SUFFIX).is_dir():
+        return path.with_name(path.name + SUFFIX)
+    text = str(name_or_path)
+    if "/" not in text and "\\" not in text:
+        shipped = SHIPPED_DIR / (text if text.endswith(SUFFIX) else text + SUFFIX)
+        if shipped.is_dir():
+            return shipped
+    names = shipped_bundles()
+    hint = f"shipped bundles: {', '.join(names)}" if names else "no bundles ship with this install"
+    raise BundleNotFoundError(f"model bundle '{name_or_path}' not found: pass a path to a NAME{SUFFIX} directory "
+                              f"(made by `ami-edge export`) or a shipped name ({hint})")
+
+
+def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
+    """Open and verify a model bundle.
+
+    Args:
+        name_or_path: a `NAME.amiedge` directory, or the name of a bundle shipped in the package.
+        verify: check every graph file's sha256 against the manifest (default on).
+    Returns:
+        The Bundle, whose `.manifest` has been validated against the schema.
+    Raises:
+        BundleNotFoundError: nothing at that path or name.
+        BundleError: the manifest is missing, unreadable, of a newer schema, or a graph file is missing or corrupted.
+    """
+    path = resolve_bundle(name_or_path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing (re-run `ami-edge export`)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{file}: not valid JSON ({exc}); the bundle is corrupted, re-export it") from exc
+    manifest = Manifest.parse(data, file)
+    for name, spec in manifest.graphs.items():
+        graph = path / spec.file
+        if not graph.is_file():
+            raise BundleError(f"{file}: graphs.{name}.file '{spec.file}' is missing from {path}")
+        if verify and sha256_file(graph) != spec.sha256:
+            raise BundleError(f"{graph}: sha256 does not match graphs.{name}.sha256 in {MANIFEST}; "
+                              "the file is corrupted or was modified, re-export the bundle")
+    return Bundle(path=path, manifest=manifest)

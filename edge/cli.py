@@ -1,0 +1,161 @@
+"""The `ami-edge` command line.
+
+Subcommands live in a registry filled by `@command`. Commands whose implementation needs an extra (torch for
+`export`) import it inside `run`, so `ami-edge --help` and the runtime commands work on a device without torch.
+User errors (`AmiEdgeError`) print one line and exit 1; `--verbose` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import __version__
+from .errors import AmiEdgeError, MissingExtraError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, run: Callable[[argparse.Namespace], int]):
+    """Register a subcommand: decorates the function that adds its arguments."""
+
+    def wrap(configure: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = Command(name, help, configure, run)
+        return configure
+
+    return wrap
+
+
+def lazy(module: str, extra: str) -> Callable[[argparse.Namespace], int]:
+    """A `run` that imports `module` (which needs `extra`) only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            impl = importlib.import_module(module)
+        except ImportError as exc:
+            missing = exc.name or "a dependency"
+            raise MissingExtraError(f"`ami-edge {args.command}` needs {missing}, which is not installed: "
+                                    f"pip install 'ami-edge[{extra}]'") from exc
+        return impl.run(args)
+
+    return run
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HxW with positive sizes, got {text!r}")
+    return (values[0], values[-1])
+
+
+@command("export", "load a JEPA checkpoint and export it to a verified ONNX model bundle",
+         run=lazy("ami_edge.export.cli", "export"))
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", nargs="?", default="preset:tiny",
+                   help="checkpoint: an official .pt/.pth, a Hugging Face model directory, an ami-edge native "
+                        ".safetensors, or preset:NAME for a built-in random model (default: preset:tiny)")
+    p.add_argument("--out", help="bundle directory to write (default: ./NAME.amiedge)")
+    p.add_argument("--name", help="bundle name recorded in the manifest (default: from --out)")
+    p.add_argument("--family", default="auto", choices=["auto", "vjepa2", "vjepa", "ijepa", "hf", "native"],
+                   help="checkpoint format (default: auto-detect where unambiguous)")
+    p.add_argument("--checkpoint-key", help="top-level key holding the encoder in an official checkpoint "
+                                            "(default: first of target_encoder, ema_encoder, encoder)")
+    p.add_argument("--resolution", type=_resolution, help="input size SIZE or HxW in pixels")
+    p.add_argument("--frames", type=_positive_int, help="frames per clip of the exported encoder")
+    p.add_argument("--num-heads", type=_positive_int, help="encoder attention heads, when not an official width")
+    p.add_argument("--pred-num-heads", type=_positive_int, help="predictor attention heads, when not official")
+    p.add_argument("--graphs", type=_csv, help="comma-separated subset of encoder,predictor,ac_predictor")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max abs difference ONNX Runtime vs torch before export fails (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and of preset weights")
+
+
+@command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2))
+        return 0
+    print(f"{m.name} ({m.family}) at {bundle.path}")
+    i = m.input
+    print(f"  input   {i.layout} frames={i.frames} tubelet={i.tubelet} {i.height}x{i.width}")
+    print(f"  latent  tokens={m.latent.tokens} dim={m.latent.dim} grid={list(m.latent.grid)}")
+    for name, g in m.graphs.items():
+        worst = m.parity.get("graphs", {}).get(name, {}).get("max_abs")
+        parity = f"parity max_abs={worst:.2e}" if isinstance(worst, float) else "parity n/a"
+        print(f"  {name:<12} {g.file} {g.precision} opset {g.opset} {parity}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ami-edge", description="Run JEPA world models on wearables and robots.")
+    parser.add_argument("--version", action="version", version=f"ami-edge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library warnings")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and library warnings")
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except AmiEdgeError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"ami-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ami-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Official facebookresearch checkpoints: vjepa2 (V-JEPA 2 / 2.1 / 2-AC), jepa (V-JEPA), ijepa (I-JEPA).
+
+A `.pt` is a dict with keys among `encoder`, `target_encoder`, `ema_encoder` (V-JEPA 2.1) and `predictor`, each a
+state dict whose keys may carry `module.` / `backbone.` prefixes. The architecture is inferred from tensor shapes;
+heads come from the official preset for the width unless `--num-heads` is given. Loading is strict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ami_edge.errors import CheckpointError, ConfigError
+
+from ..models import JEPAModel
+from ..models.config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
+from ..models.layers import sincos_table
+from ..models.presets import AC_PREDICTOR_HEADS, OFFICIAL_VIT, VJEPA2_PREDICTOR_HEADS, encoder_heads, predictor_heads
+from .base import LoadedModel, LoadOptions, count_blocks, load_strict, register_loader, sha256_path, strip_prefixes
+
+ENCODER_KEYS = ("target_encoder", "ema_encoder", "encoder")
+SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+# Keys that released checkpoints carry but the model does not use; ignored by name and reported.
+UNUSED_WITH_ROPE = ("pos_embed", "predictor_pos_embed")
+# Default frames per clip when a RoPE checkpoint gives no hint (V-JEPA 2 released models: 64 frames pretraining,
+# 16 frames is the common inference clip).
+DEFAULT_VIDEO_FRAMES = 16
+
+
+def _is_official(path: Path) -> bool:
+    return path.is_file() and path.suffix in SUFFIXES
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unpickling error for refused objects, RuntimeError/EOFError for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} cannot be loaded with torch.load(weights_only=True): {reason}. Only "
+                              "tensors and plain containers are accepted; no code in the file was run") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of state dicts")
+    return obj
+
+
+def _state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{where} is not a state dict of tensors")
+    return strip_prefixes(obj)
+
+
+def pick_encoder(ckpt: dict[str, Any], path: Path, key: str | None) -> tuple[str, dict[str, torch.Tensor]]:
+    """The encoder state dict: `--checkpoint-key`, else target_encoder, ema_encoder, encoder; or a bare state dict."""
+    if key is not None:
+        if key not in ckpt:
+            raise CheckpointError(f"{path} has no key '{key}'; top-level keys: {sorted(ckpt)}")
+        return key, _state_dict(ckpt[key], f"{path}['{key}']")
+    for k in ENCODER_KEYS:
+        if k in ckpt:
+            return k, _state_dict(ckpt[k], f"{path}['{k}']")
+    if any(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        sd = strip_prefixes({k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)})
+        if "patch_embed.proj.weight" in sd:
+            return "", sd
+    raise CheckpointError(f"{path} has none of the encoder keys {list(ENCODER_KEYS)} (top-level keys: "
+                          f"{sorted(ckpt)}); pass --checkpoint-key")
+
+
+def table_grid(n: int, is_video: bool, patch: int, resolution: tuple[int, int] | None, path: Path
+               ) -> tuple[int, int]:
+    """(side, T') of a square sincos table with n rows: the given resolution, else 224 px, else the largest fit."""
+    sides = [resolution[0] // patch] if resolution else [224 // patch, *range(64, 0, -1)]
+    for side in sides:
+        if side and n % (side * side) == 0 and (is_video or n == side * side):
+            return side, n // (side * side)
+    raise CheckpointError(f"{path}: pos_embed has {n} rows, which fits no square token grid"
+                          + (f" at --resolution {resolution}" if resolution else "") + "; pass --resolution")
+
+
+def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, path: Path) -> EncoderConfig:
+    w = sd.get("patch_embed.proj.weight")
+    if w is None:
+        raise CheckpointError(f"{path}: encoder has no patch_embed.proj.weight; not a JEPA ViT encoder")
+    width = w.shape[0]
+    depth = count_blocks(sd, "blocks.")
+    if depth == 0:
+        raise CheckpointError(f"{path}: encoder has no blocks.N.* keys")
+    fc1 = sd["blocks.0.mlp.fc1.weight"]
+    is_video = w.dim() == 5
+    patch = w.shape[-1]
+    tubelet = w.shape[2] if is_video else 2
+    pos = sd.get("pos_embed")
+    use_rope = family == "vjepa2"
+    resolution, frames = opts.resolution, opts.frames
+    if not use_rope and pos is not None and (resolution is None or (is_video and frames is None)):
+        side, steps = table_grid(pos.shape[1], is_video, patch, resolution, path)
+        resolution = resolution or (side * patch, side * patch)
+        frames = frames or steps * tubelet
+    resolution = resolution or ((256, 256) if use_rope else (224, 224))
+    frames = (frames or DEFAULT_VIDEO_FRAMES) if is_video else 1
+    try:
+        return EncoderConfig(
+            img_size=resolution, patch_size=patch, num_frames=frames, tubelet_size=tubelet,
+            in_chans=w.shape[1], embed_dim=width, depth=depth,
+            num_heads=opts.num_heads or encoder_heads(width, family), mlp_ratio=fc1.shape[0] / width,
+            qkv_bias="blocks.0.attn.qkv.bias" in sd, pos_embed="rope" if use_rope else "sincos",
+            layout="BCTHW" if is_video else "BCHW")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def detect_family(ckpt: dict[str, Any], enc_key: str, enc: dict[str, torch.Tensor],
+                  pred: dict[str, torch.Tensor] | None, path: Path) -> str:
+    """Which official repo wrote this checkpoint, where the tensors make it unambiguous."""
+    w = enc["patch_embed.proj.weight"]
+    if w.dim() == 4:
+        return "ijepa"
+    if enc_key == "ema_encoder" or "pos_embed" not in enc:
+        return "vjepa2"
+    if pred is not None and "action_encoder.weight" in pred:
+        return "vjepa2"
+    if pred is not None and "predictor_pos_embed" not in pred:
+        return "vjepa2"
+    raise CheckpointError(f"{path}: a video encoder with a pos_embed table fits both V-JEPA (3-D sincos) and "
+                          "V-JEPA 2 (3-D RoPE; released checkpoints keep an unused pos_embed); "
+                          "pass --family vjepa or --family vjepa2")
+
+
+def _fit_table(sd: dict[str, torch.Tensor], key: str, dim: int, cfg: EncoderConfig, notes: list[str],
+               path: Path) -> None:
+    """Use the checkpoint's sincos table, or regenerate it exactly when exporting at another resolution/frames.
+
+    Regeneration is exact (not an interpolation) once the table is shown to be a standard sincos table: the
+    checkpoint's table must equal our formula, with or without `uniform_power`, on some square grid.
+    """
+    table = sd[key].float()
+    if tuple(table.shape) == (1, cfg.num_tokens, dim):
+        if key == "pos_embed" and torch.allclose(sincos_table(dim, cfg.grid, True), table, atol=1e-5):
+            cfg.uniform_power = True  # V-JEPA 1 configs use uniform_power; record it in the manifest's config
+        return
+    n = table.shape[1]
+    for uniform in (False, True):
+        for steps in range(1, n + 1) if cfg.is_video else [1]:
+            side = int(round((n // steps) ** 0.5))
+            if steps * side * side != n:
+                continue
+            if torch.allclose(sincos_table(dim, (steps, side, side), uniform), table, atol=1e-5):
+                sd[key] = sincos_table(dim, cfg.grid, uniform)
+                if key == "pos_embed":
+                    cfg.uniform_power = uniform
+                notes.append(f"{key}: sincos table regenerated for grid {list(cfg.grid)} "
+                             f"(checkpoint grid [{steps}, {side}, {side}], uniform_power={uniform})")
+                return
+    raise CheckpointError(f"{path}: {key} has shape {tuple(table.shape)}, the export grid {list(cfg.grid)} needs "
+                          f"(1, {cfg.num_tokens}, {dim}), and the table is not a standard sincos table to "
+                          "regenerate; export at the checkpoint's resolution and frames")
+
+
+def infer_predictor(sd: dict[str, torch.Tensor], enc: EncoderConfig, family: str, opts: LoadOptions, path: Path
+                    ) -> PredictorConfig | ACPredictorConfig:
+    """Predictor config from its tensors. Heads: V-JEPA 2 predictors have 12 (width 384), the AC predictor 16
+    (width 1024); I-JEPA and V-JEPA 1 build their predictor with the encoder's heads."""
+    width = sd["predictor_embed.weight"].shape[0]
+    depth = count_blocks(sd, "predictor_blocks.")
+    fc1 = sd["predictor_blocks.0.mlp.fc1.weight"]
+    qkv_bias = "predictor_blocks.0.attn.qkv.bias" in sd
+    if "action_encoder.weight" in sd:
+        heads = opts.pred_num_heads or predictor_heads(width, AC_PREDICTOR_HEADS, "action-conditioned predictor")
+        return ACPredictorConfig(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=fc1.shape[0] / width,
+                                 qkv_bias=qkv_bias, action_dim=sd["action_encoder.weight"].shape[1],
+                                 state_dim=sd["state_encoder.weight"].shape[1])
+    if opts.pred_num_heads:
+        heads = opts.pred_num_heads
+    elif family == "vjepa2":
+        heads = predictor_heads(width, VJEPA2_PREDICTOR_HEADS, "predictor")
+    else:
+        heads = enc.num_heads
+    n_tokens = len([k for k in sd if k.startswith("mask_tokens.")])
+    if n_tokens == 0 and "mask_token" not in sd:
+        raise CheckpointError(f"{path}: predictor has neither mask_tokens.N nor mask_token")
+    return PredictorConfig(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=fc1.shape[0] / width,
+                           qkv_bias=qkv_bias, num_mask_tokens=n_tokens)
+
+
+@register_loader("official", _is_official)
+def load_official(path: Path, opts: LoadOptions, family: str = "auto") -> LoadedModel:
+    ckpt = read_checkpoint(path)
+    enc_key, enc_sd = pick_encoder(ckpt, path, opts.checkpoint_key)
+    pred_sd = _state_dict(ckpt["predictor"], f"{path}['predictor']") if "predictor" in ckpt else None
+    if family == "auto":
+        family = detect_family(ckpt, enc_key, enc_sd, pred_sd, path)
+    enc_cfg = infer_encoder(enc_sd, family, opts, path)
+    if family == "ijepa" and enc_cfg.is_video:
+        raise CheckpointError(f"{path}: --family ijepa but the encoder has video (Conv3d) patches")
+    ignored: list[str] = []
+    notes = [f"encoder from checkpoint key '{enc_key or '<root>'}'"]
+    if enc_cfg.pos_embed == "rope":
+        for k in UNUSED_WITH_ROPE:
+            if k in enc_sd:
+                enc_sd.pop(k)
+                ignored.append(f"encoder.{k}")
+    else:
+        if "pos_embed" in enc_sd:
+            _fit_table(enc_sd, "pos_embed", enc_cfg.embed_dim, enc_cfg, notes, path)
+    pred_cfg = ac_cfg = None
+    sd = {f"encoder.{k}": v for k, v in enc_sd.items()}
+    if pred_sd is not None:
+        cfg = infer_predictor(pred_sd, enc_cfg, family, opts, path)
+        if isinstance(cfg, ACPredictorConfig):
+            ac_cfg, prefix = cfg, "ac_predictor"
+        else:
+            pred_cfg, prefix = cfg, "predictor"
+            if enc_cfg.pos_embed == "rope" and "predictor_pos_embed" in pred_sd:
+                pred_sd.pop("predictor_pos_embed")
+                ignored.append("predictor.predictor_pos_embed")
+            elif "predictor_pos_embed" in pred_sd:
+                _fit_table(pred_sd, "predictor_pos_embed", cfg.embed_dim, enc_cfg, notes, path)
+        sd.update({f"{prefix}.{k}": v for k, v in pred_sd.items()})
+    model = JEPAModel(JEPAConfig(family=family, encoder=enc_cfg, predictor=pred_cfg, ac_predictor=ac_cfg))
+    load_strict(model, sd, f"official {family} checkpoint {path}")
+    return LoadedModel(model=model, loader=f"official:{family}", source=str(path),
+                       source_sha256=sha256_path(path), ignored_keys=ignored, notes=notes)
+
+
+__all__ = ["OFFICIAL_VIT", "load_official", "read_checkpoint"]

@@ -1,0 +1,150 @@
+"""Transformer pieces shared by the JEPA encoder and predictors.
+
+Attribute names (`qkv`, `proj`, `norm1`, `mlp.fc1` ...) follow the official facebookresearch code so its state
+dicts load after stripping prefixes. Positions are float everywhere: the official V-JEPA 2 code feeds int64
+positions into RoPE, which ONNX Runtime rejects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# --------------------------------------------------------------------------------------------- sincos tables
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """(M,) positions -> (M, dim) as [sin | cos], frequencies 1/10000^(2i/dim) (MAE / I-JEPA)."""
+    omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega  # (dim/2,)
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)  # (M, dim/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """(H'*W', dim). I-JEPA quirk kept: the first half encodes the *column* index, the second half the row."""
+    gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
+    return np.concatenate([sincos_1d(dim // 2, gw), sincos_1d(dim // 2, gh)], axis=1)
+
+
+def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, uniform_power: bool = False) -> np.ndarray:
+    """(T'*H'*W', dim), tokens in (t, h, w) order, features [t | h | w] (V-JEPA)."""
+    gh, gt, gw = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_t, dtype=np.float64),
+                             np.arange(grid_w, dtype=np.float64))  # each (T', H', W')
+    if uniform_power:
+        dt = dh = dw = int(math.ceil(dim / 6) * 2)
+    else:
+        dt, dh, dw = dim // 2, dim // 4, dim // 4
+    emb = np.concatenate([sincos_1d(dt, gt), sincos_1d(dh, gh), sincos_1d(dw, gw)], axis=1)
+    return emb[:, :dim]
+
+
+def sincos_table(dim: int, grid: tuple[int, int, int], uniform_power: bool = False) -> torch.Tensor:
+    """(1, N, dim) float32 table for a (T', H', W') grid; T' == 1 means an image model (2-D table)."""
+    t, h, w = grid
+    table = sincos_2d(dim, h, w) if t == 1 else sincos_3d(dim, t, h, w, uniform_power)
+    return torch.from_numpy(table).float().unsqueeze(0)
+
+
+# --------------------------------------------------------------------------------------------------- RoPE
+def grid_positions(ids: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, ...]:
+    """Flat token ids -> float (frame, row, column) positions, as V-JEPA 2's `separate_positions`."""
+    ids = ids.float()
+    per_frame = float(grid_h * grid_w)
+    t = torch.floor(ids / per_frame)
+    rest = ids - per_frame * t
+    h = torch.floor(rest / grid_w)
+    w = rest - grid_w * h
+    return t, h, w
+
+
+def rope_rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of x (B, nh, N, d) by angles pos (B|1, 1, N) * omega.
+
+    Kept exactly as V-JEPA 2 ships it, because the released weights depend on it: channels rotate in adjacent
+    pairs (2i, 2i+1), but the angle table is *tiled* ([f0..f_{d/2-1}, f0..f_{d/2-1}], `repeat(1,1,1,2)`), not
+    interleaved, so pair i uses frequency f_{2i mod d/2} for its first channel and f_{(2i+1) mod d/2} for its second.
+    """
+    d = x.shape[-1]
+    omega = torch.arange(d // 2, dtype=x.dtype, device=x.device) / (d / 2.0)
+    omega = 1.0 / 10000**omega  # (d/2,)
+    freq = pos.unsqueeze(-1) * omega  # (B|1, 1, N, d/2)
+    sin = torch.cat([freq.sin(), freq.sin()], dim=-1)  # (B|1, 1, N, d) tiled, not interleaved
+    cos = torch.cat([freq.cos(), freq.cos()], dim=-1)
+    pairs = x.unflatten(-1, (-1, 2))  # (B, nh, N, d/2, 2)
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (B, nh, N, d)
+    return x * cos + rotated * sin
+
+
+class Rope3D(nn.Module):
+    """3-D RoPE: each head splits into depth / height / width sections of 2*((d//3)//2) channels; the rest pass."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.section = 2 * ((head_dim // 3) // 2)
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        s = self.section
+        parts = [rope_rotate(x[..., i * s:(i + 1) * s], p) for i, p in enumerate(pos)]
+        if 3 * s < self.head_dim:
+            parts.append(x[..., 3 * s:])
+        return torch.cat(parts, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------- blocks
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and optional 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, use_rope: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = Rope3D(self.head_dim) if use_rope else None
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
+                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, N, hd)
+        if self.rope is not None:
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
+        if attn_bias is not None:
+            att = att + attn_bias  # 0 where allowed, -inf where masked
+        att = F.softmax(att, dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf GELU, as nn.GELU() in the official code
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, use_rope: bool, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, use_rope)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
+                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), pos, attn_bias)
+        return x + self.mlp(self.norm2(x))

@@ -1,0 +1,305 @@
+"""Export a loaded JEPA model to a bundle of single-file ONNX graphs, then check ONNX Runtime against torch.
+
+Each graph is exported with the dynamo exporter (`external_data=False`, opset >= 17 so LayerNormalization stays
+one op for TensorRT), validated by `onnx.checker`, and run in ONNX Runtime (CPU) on seeded inputs next to torch:
+max abs diff and cosine per output go into the manifest, and export fails above tolerance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import ami_edge
+from ami_edge.bundle import MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, load_bundle, sha256_file
+from ami_edge.errors import ConfigError, ExportError, require
+
+from .loaders.base import LoadedModel
+from .models import JEPAModel
+
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+PARITY_BATCH = 2
+
+
+@dataclass
+class GraphPlan:
+    """How one graph is exported: the module, named example inputs and which axes are dynamic."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name}
+
+    def output_shapes(self) -> list[tuple[int | str, ...]]:
+        with torch.no_grad():
+            result = self.module(*self.inputs.values())
+        results = result if isinstance(result, tuple) else (result,)
+        shapes = []
+        for out in results:
+            shape: list[int | str] = list(out.shape)
+            shape[0] = "batch"
+            if self.name == "predictor":
+                shape[1] = "target"
+            shapes.append(tuple(shape))
+        return shapes
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: JEPAModel):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixels)
+
+
+class _ACPredictor(nn.Module):
+    def __init__(self, model: JEPAModel):
+        super().__init__()
+        self.ac = model.ac_predictor
+
+    def forward(self, context, actions, states, extrinsics=None):
+        return self.ac(context, actions, states, extrinsics)
+
+
+def example_pixels(model: JEPAModel, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Seeded normalised pixels in the encoder's layout (standard normal: what mean/std normalisation yields)."""
+    e = model.cfg.encoder
+    h, w = e.img_size
+    shape = {"BCHW": (batch, e.in_chans, h, w), "BCTHW": (batch, e.in_chans, e.num_frames, h, w),
+             "BTCHW": (batch, e.num_frames, e.in_chans, h, w)}[e.layout]
+    return torch.randn(shape, generator=gen)
+
+
+def context_target_split(model: JEPAModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids for the default predictor query: the last tubelet step is the target, earlier steps the context.
+
+    Image models (one step) use the left half of the image as context, the right half as target.
+    """
+    t, h, w = model.cfg.encoder.grid
+    ids = torch.arange(t * h * w).view(t, h, w)
+    if t > 1:
+        return ids[:-1].reshape(-1), ids[-1:].reshape(-1)
+    half = max(1, w // 2)
+    return ids[:, :, :half].reshape(-1), ids[:, :, half:].reshape(-1)
+
+
+def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> list[GraphPlan]:
+    gen = torch.Generator().manual_seed(seed)
+    pixels = example_pixels(model, batch, gen)
+    with torch.no_grad():
+        tokens = model.encoder(pixels)  # (B, N, D): realistic predictor inputs
+    plans = []
+    for name in names:
+        if name == "encoder":
+            plans.append(GraphPlan("encoder", _Encoder(model), {"pixels": pixels}, ["tokens"],
+                                   {"pixels": {0: "batch"}}))
+        elif name == "predictor":
+            ctx, tgt = context_target_split(model)
+            plans.append(GraphPlan(
+                "predictor", model.predictor,
+                {"context": tokens[:, ctx], "context_ids": ctx.expand(batch, -1).contiguous(),
+                 "target_ids": tgt.expand(batch, -1).contiguous()},
+                ["prediction"],
+                {"context": {0: "batch", 1: "context"}, "context_ids": {0: "batch", 1: "context"},
+                 "target_ids": {0: "batch", 1: "target"}}))
+        elif name == "ac_predictor":
+            ac = model.cfg.ac_predictor
+            steps = model.cfg.encoder.grid[0]
+            inputs = {"context": tokens, "actions": torch.randn(batch, steps, ac.action_dim, generator=gen),
+                      "states": torch.randn(batch, steps, ac.state_dim, generator=gen)}
+            dynamic = {"context": {0: "batch"}, "actions": {0: "batch"}, "states": {0: "batch"}}
+            if ac.use_extrinsics:
+                inputs["extrinsics"] = torch.randn(batch, steps, ac.action_dim - 1, generator=gen)
+                dynamic["extrinsics"] = {0: "batch"}
+            plans.append(GraphPlan("ac_predictor", _ACPredictor(model), inputs, ["prediction"], dynamic))
+        else:
+            raise ConfigError(f"unknown graph {name!r}; valid: encoder, predictor, ac_predictor")
+    return plans
+
+
+def _dynamic_shapes(plan: GraphPlan) -> dict[str, dict[int, Any]]:
+    dims: dict[str, Any] = {}
+    shapes = {}
+    for inp, axes in plan.dynamic.items():
+        shapes[inp] = {}
+        for axis, axis_name in axes.items():
+            if axis_name not in dims:
+                dims[axis_name] = torch.export.Dim(axis_name, min=1, max=65536)
+            shapes[inp][axis] = dims[axis_name]
+    return shapes
+
+
+def export_graph(plan: GraphPlan, path: Path, opset: int) -> None:
+    """torch -> single-file ONNX, then onnx.checker."""
+    onnx = require("onnx", "export", "ONNX export")
+    require("onnxscript", "export", "ONNX export")
+    plan.module.eval()
+    try:
+        torch.onnx.export(plan.module, tuple(plan.inputs.values()), str(path), dynamo=True, external_data=False,
+                          opset_version=opset, input_names=list(plan.inputs), output_names=plan.outputs,
+                          dynamic_shapes=_dynamic_shapes(plan), optimize=True, verbose=False)
+    except Exception as exc:  # the exporter raises many types; wrap with the graph name
+        raise ExportError(f"torch.onnx.export of the {plan.name} graph failed: {exc}") from exc
+    model_proto = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model_proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejected {path.name}: {exc}") from exc
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Max abs diff and cosine similarity of two arrays (flattened)."""
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(a64) * np.linalg.norm(b64)
+    cosine = float(a64 @ b64 / denom) if denom > 0 else float(np.array_equal(a64, b64))
+    return {"max_abs": float(np.max(np.abs(a64 - b64))) if a64.size else 0.0, "cosine": cosine}
+
+
+def check_parity(plan: GraphPlan, path: Path, tolerance: float) -> dict[str, Any]:
+    """Run ONNX Runtime (CPU) and torch on the plan's seeded inputs, and again at another batch size."""
+    ort = require("onnxruntime", "export", "The parity check")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    report: dict[str, Any] = {"outputs": {}, "tolerance": tolerance}
+    for batch_label, inputs in (("batch", plan.inputs), ("batch+1", _grow_batch(plan.inputs))):
+        with torch.no_grad():
+            expected = plan.module(*inputs.values())
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(plan.outputs, {k: v.numpy() for k, v in inputs.items()})
+        for name, e, g in zip(plan.outputs, expected, got):
+            if tuple(e.shape) != tuple(g.shape):
+                raise ExportError(f"{plan.name}: ONNX output {name} has shape {tuple(g.shape)}, torch "
+                                  f"{tuple(e.shape)} ({batch_label}); the dynamic axes did not export")
+            stats = compare(e.numpy(), g)
+            key = name if batch_label == "batch" else f"{name}@{batch_label}"
+            report["outputs"][key] = stats
+    worst = max(s["max_abs"] for s in report["outputs"].values())
+    report["max_abs"] = worst
+    report["passed"] = bool(worst <= tolerance)
+    return report
+
+
+def _grow_batch(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Same inputs with one more batch row (checks that the batch axis really is dynamic)."""
+    return {k: torch.cat([v, v[:1]], dim=0) for k, v in inputs.items()}
+
+
+def _versions() -> dict[str, str]:
+    versions = {"ami_edge": ami_edge.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _tensor_specs(plan: GraphPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    inputs = []
+    for name, tensor in plan.inputs.items():
+        shape: list[int | str] = list(tensor.shape)
+        for axis, axis_name in plan.dynamic.get(name, {}).items():
+            shape[axis] = axis_name
+        inputs.append({"name": name, "dtype": str(tensor.dtype).replace("torch.", ""), "shape": shape})
+    outputs = [{"name": n, "dtype": "float32", "shape": list(s)} for n, s in zip(plan.outputs, plan.output_shapes())]
+    return inputs, outputs
+
+
+def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,
+                  opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+                  name: str | None = None, on_stage: Callable[[str], None] | None = None) -> Bundle:
+    """Export `loaded` to `out` (a NAME.amiedge directory) and verify ONNX Runtime against torch.
+
+    Args:
+        loaded: the model and its provenance, from a loader.
+        out: bundle directory; `.amiedge` is appended when missing. Replaced if it exists.
+        graphs: subset of the model's graphs (default: all it has).
+        opset: ONNX opset (>= 17).
+        tolerance: maximum allowed abs difference between ONNX Runtime and torch, per output.
+        seed: seed of the parity inputs.
+        name: bundle name (default: the directory name).
+        on_stage: called with a short description as each stage starts (progress display).
+    Returns:
+        The written, re-verified Bundle.
+    Raises:
+        ExportError: export, onnx.checker or parity failed. The partial bundle is removed.
+    """
+    model = loaded.model.eval()
+    available = model.graphs()
+    graphs = graphs or available
+    missing = [g for g in graphs if g not in available]
+    if missing:
+        raise ConfigError(f"the model has no {', '.join(missing)} graph; it has: {', '.join(available)}")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    out = Path(out)
+    if out.suffix != SUFFIX:
+        out = out.with_name(out.name + SUFFIX)
+    name = name or out.name[: -len(SUFFIX)]
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stage = on_stage or (lambda _msg: None)
+    try:
+        manifest_graphs, parity = {}, {}
+        for plan in plan_graphs(model, graphs, PARITY_BATCH, seed):
+            path = tmp / f"{plan.name}.onnx"
+            stage(f"exporting {plan.name} to ONNX (opset {opset})")
+            export_graph(plan, path, opset)
+            stage(f"checking {plan.name}: ONNX Runtime vs torch")
+            report = check_parity(plan, path, tolerance)
+            parity[plan.name] = report
+            if not report["passed"]:
+                raise ExportError(f"{plan.name}: ONNX Runtime differs from torch by {report['max_abs']:.3g} "
+                                  f"(tolerance {tolerance:g}); per output: "
+                                  + json.dumps(report["outputs"]))
+            inputs, outputs = _tensor_specs(plan)
+            manifest_graphs[plan.name] = {"file": path.name, "precision": "fp32", "sha256": sha256_file(path),
+                                          "opset": opset, "inputs": inputs, "outputs": outputs}
+        manifest = _manifest(loaded, name, manifest_graphs, parity, seed, opset)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        bundle = load_bundle(tmp)  # the runtime's own reader must accept what we wrote
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return Bundle(path=out, manifest=bundle.manifest)
+
+
+def _manifest(loaded: LoadedModel, name: str, graphs: dict, parity: dict, seed: int, opset: int) -> dict[str, Any]:
+    cfg = loaded.config
+    e = cfg.encoder
+    t, h, w = e.grid
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "family": cfg.family,
+        "input": {"layout": e.layout, "frames": e.num_frames, "tubelet": e.tubelet_size if e.is_video else 1,
+                  "height": e.img_size[0], "width": e.img_size[1], "channels": e.in_chans,
+                  "mean": list(loaded.mean), "std": list(loaded.std)},
+        "latent": {"tokens": e.num_tokens, "dim": e.embed_dim, "grid": [t, h, w]},
+        "graphs": graphs,
+        "parity": {"seed": seed, "batch": PARITY_BATCH, "reference": "torch (fp32, CPU)",
+                   "runtime": "onnxruntime CPUExecutionProvider", "graphs": parity},
+        "provenance": {"source": loaded.source, "source_sha256": loaded.source_sha256, "loader": loaded.loader,
+                       "ignored_keys": loaded.ignored_keys, "notes": loaded.notes,
+                       "exporter": f"torch.onnx.export (dynamo, opset {opset}, external_data=False)",
+                       "versions": _versions(),
+                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        "model": cfg.to_dict(),
+    }

@@ -1,0 +1,1 @@
+"""Framed serial protocol to microcontrollers (see the firmware bridge issue)."""

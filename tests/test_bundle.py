@@ -1,0 +1,102 @@
+"""Bundle verification: a damaged or foreign bundle is refused with a message naming the file and field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from ami_edge import BundleError, BundleNotFoundError, load_bundle
+from ami_edge.bundle import SCHEMA_VERSION
+
+from .conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="session")
+def clean_bundle(tmp_path_factory):
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    out = tmp_path_factory.mktemp("clean") / "ij.amiedge"
+    return export_bundle(load_preset("tiny-ijepa"), out, graphs=["encoder"]).path
+
+
+@pytest.fixture
+def bundle(tmp_path, clean_bundle):
+    dst = tmp_path / clean_bundle.name
+    shutil.copytree(clean_bundle, dst)
+    return dst
+
+
+def _edit(bundle, fn):
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def test_loads_and_exposes_graphs(bundle):
+    b = load_bundle(bundle)
+    assert b.path == bundle and b.manifest.name == "ij" and b.manifest.schema_version == SCHEMA_VERSION
+    assert b.graph_path("encoder") == bundle / "encoder.onnx" and b.has("encoder") and not b.has("predictor")
+    with pytest.raises(BundleError, match="no 'predictor' graph"):
+        b.graph_path("predictor")
+    assert load_bundle(str(bundle)[: -len(".amiedge")]).path == bundle  # suffix optional
+
+
+def test_corrupted_graph_fails_checksum(bundle):
+    graph = bundle / "encoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"encoder.onnx: sha256 does not match graphs.encoder.sha256"):
+        load_bundle(bundle)
+    assert load_bundle(bundle, verify=False).manifest.name == "ij"
+
+
+def test_missing_graph_file(bundle):
+    (bundle / "encoder.onnx").unlink()
+    with pytest.raises(BundleError, match=r"graphs.encoder.file 'encoder.onnx' is missing"):
+        load_bundle(bundle)
+
+
+def test_future_schema_is_refused(bundle):
+    _edit(bundle, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
+    with pytest.raises(BundleError, match="newer than this ami-edge reads"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["latent"].pop("dim"), "missing field 'latent.dim'"),
+    (lambda d: d["input"].update(frames="4"), "field 'input.frames' must be int"),
+    (lambda d: d["input"].update(layout="NHWC"), "field 'input.layout'='NHWC' is not one of"),
+    (lambda d: d["graphs"]["encoder"].update(precision="fp8"), "graphs.encoder.precision"),
+    (lambda d: d["graphs"]["encoder"].update(file="../../etc/passwd"), "must be a plain file name"),
+    (lambda d: d["graphs"].update(decoder=d["graphs"]["encoder"]), "unknown graphs ['decoder']"),
+    (lambda d: d["input"].update(std=[0.2, 0.0, 0.2]), "input.std"),
+    (lambda d: d["latent"].update(tokens=7), "latent.tokens"),
+    (lambda d: d.update(schema_version=True), "field 'schema_version' must be int"),
+])
+def test_malformed_manifest_names_the_field(bundle, edit, fragment):
+    _edit(bundle, edit)
+    with pytest.raises(BundleError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        load_bundle(bundle)
+
+
+def test_not_json_and_not_a_bundle(bundle, tmp_path):
+    (bundle / "manifest.json").write_text("{ not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        load_bundle(tmp_path / "empty")
+    with pytest.raises(BundleNotFoundError, match="not found"):
+        load_bundle(tmp_path / "nowhere.amiedge")
+
+
+def test_cli_info(bundle):
+    proc = run_cli("info", str(bundle))
+    assert proc.returncode == 0 and "encoder.onnx fp32 opset 18" in proc.stdout, proc.stderr
+    _edit(bundle, lambda d: d.update(schema_version=99))
+    assert_one_line_error(run_cli("info", str(bundle)), "schema 99", "upgrade ami-edge")

@@ -1,0 +1,129 @@
+"""Model pieces against the official formulas and the properties the architecture promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ami_edge.export.models import ACPredictor, JEPAModel, Predictor
+from ami_edge.export.models.config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
+from ami_edge.export.models.layers import rope_rotate, sincos_2d, sincos_3d
+from ami_edge.export.models.presets import PRESETS, preset_config
+from ami_edge.errors import ConfigError
+
+from .conftest import randomize
+
+
+def _official_1d(embed_dim, pos):  # verbatim get_1d_sincos_pos_embed_from_grid
+    omega = np.arange(embed_dim // 2, dtype=float)
+    omega /= embed_dim / 2.0
+    omega = 1.0 / 10000**omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def test_sincos_2d_is_ijepa_column_first():
+    g = 5
+    grid = np.stack(np.meshgrid(np.arange(g, dtype=float), np.arange(g, dtype=float)), axis=0).reshape(2, 1, g, g)
+    ref = np.concatenate([_official_1d(16, grid[0]), _official_1d(16, grid[1])], axis=1)
+    np.testing.assert_allclose(sincos_2d(32, g, g), ref, atol=1e-12)
+    # token 1 is (row 0, column 1): the first half must move, the second half (rows) must not
+    table = sincos_2d(32, g, g)
+    assert not np.allclose(table[0, :16], table[1, :16]) and np.allclose(table[0, 16:], table[1, 16:])
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_sincos_3d_matches_official(uniform):
+    dim, t, s = 70, 3, 4
+    gh, gd, gw = np.meshgrid(np.arange(s, dtype=float), np.arange(t, dtype=float), np.arange(s, dtype=float))
+    dh = dw = int(np.ceil(dim / 6) * 2) if uniform else dim // 4
+    dd = dh if uniform else dim // 2
+    ref = np.concatenate([_official_1d(dd, gd), _official_1d(dh, gh), _official_1d(dw, gw)], axis=1)[:, :dim]
+    np.testing.assert_allclose(sincos_3d(dim, t, s, s, uniform), ref, atol=1e-12)
+
+
+def test_rope_keeps_vjepa2_tiled_frequency_quirk():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 5, 8)
+    pos = torch.arange(5.0).view(1, 1, 5)
+    omega = 1.0 / 10000 ** (torch.arange(4) / 4.0)
+    freq = pos.unsqueeze(-1) * omega
+    tiled = torch.cat([freq, freq], -1)  # [f0 f1 f2 f3 f0 f1 f2 f3]: channel j uses f[j % 4]
+    pairs = x.unflatten(-1, (-1, 2))
+    rot = torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2)
+    expected = x * tiled.cos() + rot * tiled.sin()
+    torch.testing.assert_close(rope_rotate(x, pos), expected)
+    interleaved = freq.repeat_interleave(2, -1)  # the "textbook" layout differs, on purpose
+    assert not torch.allclose(rope_rotate(x, pos), x * interleaved.cos() + rot * interleaved.sin())
+    torch.testing.assert_close(rope_rotate(x, torch.zeros(1, 1, 5)), x)  # angle 0 is the identity
+
+
+def test_ac_predictor_matches_official_transcription():
+    from .official_ac_reference import VisionTransformerPredictorAC
+
+    for ext in (False, True):
+        # non-square grid (4 x 6) exercises the official column-position scaling
+        ref = randomize(VisionTransformerPredictorAC((32, 48), 8, 8, 2, 40, 48, 2, 2, use_extrinsics=ext), seed=3)
+        enc = EncoderConfig(img_size=(32, 48), patch_size=8, num_frames=8, embed_dim=40, depth=1, num_heads=4,
+                            pos_embed="rope")
+        ours = ACPredictor(ACPredictorConfig(embed_dim=48, depth=2, num_heads=2, use_extrinsics=ext), enc).eval()
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        gen = torch.Generator().manual_seed(4)
+        steps = 3
+        x = torch.randn(2, steps * 24, 40, generator=gen)
+        a, s, e = (torch.randn(2, steps, n, generator=gen) for n in (7, 7, 6))
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x, a, s, e), ref(x, a, s, e), atol=1e-5, rtol=1e-5)
+
+
+def test_ac_predictor_is_block_causal():
+    cfg = preset_config("tiny")
+    ac = randomize(ACPredictor(cfg.ac_predictor, cfg.encoder), seed=5)
+    hw = cfg.encoder.grid[1] * cfg.encoder.grid[2]
+    gen = torch.Generator().manual_seed(6)
+    x, a, s = torch.randn(1, 3 * hw, 96, generator=gen), torch.randn(1, 3, 7, generator=gen), torch.randn(1, 3, 7)
+    with torch.no_grad():
+        base = ac(x, a, s)
+        a2 = a.clone()
+        a2[:, 2] += 5.0  # change only the last step's action
+        moved = ac(x, a2, s)
+    torch.testing.assert_close(moved[:, : 2 * hw], base[:, : 2 * hw])  # earlier steps cannot see it
+    assert (moved[:, 2 * hw:] - base[:, 2 * hw:]).abs().max() > 1e-3
+
+
+def test_predictor_ignores_context_order():
+    cfg = preset_config("tiny")
+    pred = randomize(Predictor(cfg.predictor, cfg.encoder), seed=7)
+    gen = torch.Generator().manual_seed(8)
+    ctx_ids = torch.arange(0, 16).unsqueeze(0)
+    tgt_ids = torch.arange(16, 32).unsqueeze(0)
+    ctx = torch.randn(1, 16, 96, generator=gen)
+    perm = torch.randperm(16, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(pred(ctx, ctx_ids, tgt_ids), pred(ctx[:, perm], ctx_ids[:, perm], tgt_ids),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_run(name):
+    model = JEPAModel(preset_config(name)).eval()
+    e = model.cfg.encoder
+    shape = (1, 3, *e.img_size) if not e.is_video else (1, 3, e.num_frames, *e.img_size)
+    with torch.no_grad():
+        tokens = model.encoder(torch.randn(shape))
+    assert tokens.shape == (1, e.num_tokens, e.embed_dim)
+    assert model.cfg == JEPAConfig.from_dict(model.cfg.to_dict())
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="num_heads"):
+        EncoderConfig(embed_dim=100, num_heads=3)
+    with pytest.raises(ConfigError, match="valid; choose one of"):
+        EncoderConfig(pos_embed="alibi")
+    with pytest.raises(ConfigError, match="unknown fields"):
+        JEPAConfig.from_dict({"family": "native", "encoder": {"widht": 3}})
+    with pytest.raises(ConfigError, match="layout"):
+        EncoderConfig(num_frames=4, layout="BCHW")
+    with pytest.raises(ConfigError):
+        PredictorConfig(embed_dim=0)
