@@ -83,6 +83,16 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int
+    # Graphs over protobuf's 2 GB limit (fp32 ViT-H / ViT-g) keep their weights in one external data file.
+    data_file: str | None = None
+    data_sha256: str | None = None
+
+    def files(self) -> list[tuple[str, str, str]]:
+        """(field, file name, sha256) of every file this graph consists of."""
+        out = [("file", self.file, self.sha256)]
+        if self.data_file is not None and self.data_sha256 is not None:
+            out.append(("data_file", self.data_file, self.data_sha256))
+        return out
 
     @classmethod
     def parse(cls, r: _Reader) -> GraphSpec:
@@ -92,11 +102,18 @@ class GraphSpec:
                 raise BundleError(f"{r.file}: field '{r.where}.{key}' is empty")
             return tuple(TensorSpec.parse(_Reader(t, f"{r.where}.{key}[{i}]", r.file)) for i, t in enumerate(items))
 
-        file = r.get("file", str)
-        if Path(file).name != file or file in ("", ".", ".."):
-            raise BundleError(f"{r.file}: field '{r.where}.file'={file!r} must be a plain file name in the bundle")
-        return cls(file=file, precision=r.choice("precision", PRECISIONS), sha256=r.get("sha256", str),
-                   inputs=tensors("inputs"), outputs=tensors("outputs"), opset=r.get("opset", int))
+        def plain_name(key: str, optional: bool = False) -> str | None:
+            name = r.get(key, str, optional)
+            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+                raise BundleError(f"{r.file}: field '{r.where}.{key}'={name!r} must be a plain file name in the "
+                                  "bundle")
+            return name
+
+        data_file = plain_name("data_file", optional=True)
+        return cls(file=plain_name("file") or "", precision=r.choice("precision", PRECISIONS),
+                   sha256=r.get("sha256", str), inputs=tensors("inputs"), outputs=tensors("outputs"),
+                   opset=r.get("opset", int), data_file=data_file,
+                   data_sha256=r.get("data_sha256", str) if data_file else None)
 
 
 @dataclass(frozen=True)
@@ -249,10 +266,12 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{file}: not valid JSON ({exc}); the bundle is corrupted, re-export it") from exc
     manifest = Manifest.parse(data, file)
     for name, spec in manifest.graphs.items():
-        graph = path / spec.file
-        if not graph.is_file():
-            raise BundleError(f"{file}: graphs.{name}.file '{spec.file}' is missing from {path}")
-        if verify and sha256_file(graph) != spec.sha256:
-            raise BundleError(f"{graph}: sha256 does not match graphs.{name}.sha256 in {MANIFEST}; "
-                              "the file is corrupted or was modified, re-export the bundle")
+        for key, fname, digest in spec.files():
+            graph = path / fname
+            if not graph.is_file():
+                raise BundleError(f"{file}: graphs.{name}.{key} '{fname}' is missing from {path}")
+            sha_key = "sha256" if key == "file" else "data_sha256"
+            if verify and sha256_file(graph) != digest:
+                raise BundleError(f"{graph}: sha256 does not match graphs.{name}.{sha_key} in {MANIFEST}; "
+                                  "the file is corrupted or was modified, re-export the bundle")
     return Bundle(path=path, manifest=manifest)

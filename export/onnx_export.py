@@ -1,8 +1,9 @@
-"""Export a loaded JEPA model to a bundle of single-file ONNX graphs, then check ONNX Runtime against torch.
+"""Export a loaded JEPA model to a bundle of ONNX graphs, then check ONNX Runtime against torch.
 
-Each graph is exported with the dynamo exporter (`external_data=False`, opset >= 17 so LayerNormalization stays
-one op for TensorRT), validated by `onnx.checker`, and run in ONNX Runtime (CPU) on seeded inputs next to torch:
-max abs diff and cosine per output go into the manifest, and export fails above tolerance.
+Each graph is exported with the dynamo exporter as one file (weights inline; only graphs over protobuf's 2 GB limit
+keep them in one external data file), opset >= 17 so LayerNormalization stays one op for TensorRT, validated by
+`onnx.checker`, and run in ONNX Runtime (CPU) on seeded inputs next to torch at two batch sizes: max abs diff and
+cosine per output go into the manifest, and export fails above tolerance.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 PARITY_BATCH = 2
+# Protobuf's limit is 2 GiB for the whole graph; leave headroom for the graph itself.
+EXTERNAL_DATA_ABOVE = 1_800_000_000
 
 
 @dataclass
@@ -42,37 +45,6 @@ class GraphPlan:
     inputs: dict[str, torch.Tensor]
     outputs: list[str]
     dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name}
-
-    def output_shapes(self) -> list[tuple[int | str, ...]]:
-        with torch.no_grad():
-            result = self.module(*self.inputs.values())
-        results = result if isinstance(result, tuple) else (result,)
-        shapes = []
-        for out in results:
-            shape: list[int | str] = list(out.shape)
-            shape[0] = "batch"
-            if self.name == "predictor":
-                shape[1] = "target"
-            shapes.append(tuple(shape))
-        return shapes
-
-
-class _Encoder(nn.Module):
-    def __init__(self, model: JEPAModel):
-        super().__init__()
-        self.encoder = model.encoder
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder(pixels)
-
-
-class _ACPredictor(nn.Module):
-    def __init__(self, model: JEPAModel):
-        super().__init__()
-        self.ac = model.ac_predictor
-
-    def forward(self, context, actions, states, extrinsics=None):
-        return self.ac(context, actions, states, extrinsics)
 
 
 def example_pixels(model: JEPAModel, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -105,7 +77,7 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
     plans = []
     for name in names:
         if name == "encoder":
-            plans.append(GraphPlan("encoder", _Encoder(model), {"pixels": pixels}, ["tokens"],
+            plans.append(GraphPlan("encoder", model.encoder, {"pixels": pixels}, ["tokens"],
                                    {"pixels": {0: "batch"}}))
         elif name == "predictor":
             ctx, tgt = context_target_split(model)
@@ -125,7 +97,7 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
             if ac.use_extrinsics:
                 inputs["extrinsics"] = torch.randn(batch, steps, ac.action_dim - 1, generator=gen)
                 dynamic["extrinsics"] = {0: "batch"}
-            plans.append(GraphPlan("ac_predictor", _ACPredictor(model), inputs, ["prediction"], dynamic))
+            plans.append(GraphPlan("ac_predictor", model.ac_predictor, inputs, ["prediction"], dynamic))
         else:
             raise ConfigError(f"unknown graph {name!r}; valid: encoder, predictor, ac_predictor")
     return plans
@@ -143,22 +115,37 @@ def _dynamic_shapes(plan: GraphPlan) -> dict[str, dict[int, Any]]:
     return shapes
 
 
-def export_graph(plan: GraphPlan, path: Path, opset: int) -> None:
-    """torch -> single-file ONNX, then onnx.checker."""
+def weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def export_graph(plan: GraphPlan, path: Path, opset: int, external_data: bool = False) -> Path | None:
+    """torch -> ONNX, then onnx.checker. Returns the external data file, if the weights went to one.
+
+    Single-file ONNX unless `external_data`: protobuf cannot hold more than 2 GB, so fp32 ViT-H / ViT-g graphs
+    keep their weights in `<file>.data` beside the graph.
+    """
     onnx = require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export")
     plan.module.eval()
     try:
-        torch.onnx.export(plan.module, tuple(plan.inputs.values()), str(path), dynamo=True, external_data=False,
-                          opset_version=opset, input_names=list(plan.inputs), output_names=plan.outputs,
-                          dynamic_shapes=_dynamic_shapes(plan), optimize=True, verbose=False)
+        torch.onnx.export(plan.module, tuple(plan.inputs.values()), str(path), dynamo=True,
+                          external_data=external_data, opset_version=opset, input_names=list(plan.inputs),
+                          output_names=plan.outputs, dynamic_shapes=_dynamic_shapes(plan), optimize=True,
+                          verbose=False)
     except Exception as exc:  # the exporter raises many types; wrap with the graph name
         raise ExportError(f"torch.onnx.export of the {plan.name} graph failed: {exc}") from exc
-    model_proto = onnx.load(str(path))
     try:
-        onnx.checker.check_model(model_proto, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)  # a path, so external data is checked too
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"onnx.checker rejected {path.name}: {exc}") from exc
+    data = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+    if len(data) > 1:
+        raise ExportError(f"{path.name}: the exporter wrote several data files {[p.name for p in data]}")
+    if data and not external_data:
+        raise ExportError(f"{path.name}: the exporter wrote external data {data[0].name} although single-file "
+                          "output was requested")
+    return data[0] if data else None
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -207,20 +194,23 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _tensor_specs(plan: GraphPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    inputs = []
-    for name, tensor in plan.inputs.items():
-        shape: list[int | str] = list(tensor.shape)
-        for axis, axis_name in plan.dynamic.get(name, {}).items():
-            shape[axis] = axis_name
-        inputs.append({"name": name, "dtype": str(tensor.dtype).replace("torch.", ""), "shape": shape})
-    outputs = [{"name": n, "dtype": "float32", "shape": list(s)} for n, s in zip(plan.outputs, plan.output_shapes())]
-    return inputs, outputs
+def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Names, dtypes and shapes (named dynamic axes as strings) as the exported ONNX graph declares them."""
+    onnx = require("onnx", "export", "ONNX export")
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def spec(value) -> dict[str, Any]:
+        t = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return {"name": value.name, "dtype": dtype, "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
+
+    return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
 
 
 def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,
                   opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
-                  name: str | None = None, on_stage: Callable[[str], None] | None = None) -> Bundle:
+                  name: str | None = None, on_stage: Callable[[str], None] | None = None,
+                  external_data_above: int = EXTERNAL_DATA_ABOVE) -> Bundle:
     """Export `loaded` to `out` (a NAME.amiedge directory) and verify ONNX Runtime against torch.
 
     Args:
@@ -232,6 +222,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         seed: seed of the parity inputs.
         name: bundle name (default: the directory name).
         on_stage: called with a short description as each stage starts (progress display).
+        external_data_above: weight bytes above which a graph stores its weights in an external data file.
     Returns:
         The written, re-verified Bundle.
     Raises:
@@ -257,8 +248,9 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         manifest_graphs, parity = {}, {}
         for plan in plan_graphs(model, graphs, PARITY_BATCH, seed):
             path = tmp / f"{plan.name}.onnx"
-            stage(f"exporting {plan.name} to ONNX (opset {opset})")
-            export_graph(plan, path, opset)
+            external = weight_bytes(plan.module) > external_data_above
+            stage(f"exporting {plan.name} to ONNX (opset {opset}{', external data' if external else ''})")
+            data = export_graph(plan, path, opset, external)
             stage(f"checking {plan.name}: ONNX Runtime vs torch")
             report = check_parity(plan, path, tolerance)
             parity[plan.name] = report
@@ -266,9 +258,11 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
                 raise ExportError(f"{plan.name}: ONNX Runtime differs from torch by {report['max_abs']:.3g} "
                                   f"(tolerance {tolerance:g}); per output: "
                                   + json.dumps(report["outputs"]))
-            inputs, outputs = _tensor_specs(plan)
+            inputs, outputs = graph_io(path)
             manifest_graphs[plan.name] = {"file": path.name, "precision": "fp32", "sha256": sha256_file(path),
                                           "opset": opset, "inputs": inputs, "outputs": outputs}
+            if data is not None:
+                manifest_graphs[plan.name].update(data_file=data.name, data_sha256=sha256_file(data))
         manifest = _manifest(loaded, name, manifest_graphs, parity, seed, opset)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         bundle = load_bundle(tmp)  # the runtime's own reader must accept what we wrote

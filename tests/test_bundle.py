@@ -100,3 +100,28 @@ def test_cli_info(bundle):
     assert proc.returncode == 0 and "encoder.onnx fp32 opset 18" in proc.stdout, proc.stderr
     _edit(bundle, lambda d: d.update(schema_version=99))
     assert_one_line_error(run_cli("info", str(bundle)), "schema 99", "upgrade ami-edge")
+
+
+def test_external_data_graph_is_verified(tmp_path):
+    """Graphs over 2 GB (fp32 ViT-H / ViT-g) keep weights in one data file; it is checksummed like the graph."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    b = export_bundle(load_preset("tiny-ijepa"), tmp_path / "ext", graphs=["encoder"], external_data_above=0)
+    spec = b.manifest.graphs["encoder"]
+    assert spec.data_file == "encoder.onnx.data" and len(spec.data_sha256) == 64
+    assert b.manifest.parity["graphs"]["encoder"]["passed"]
+    session = ort.InferenceSession(str(b.graph_path("encoder")), providers=["CPUExecutionProvider"])
+    assert np.isfinite(session.run(None, {"pixels": np.zeros((1, 3, 64, 64), np.float32)})[0]).all()
+    data = b.path / spec.data_file
+    blob = bytearray(data.read_bytes())
+    blob[0] ^= 1
+    data.write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match="graphs.encoder.data_sha256"):
+        load_bundle(b.path)
+    data.unlink()
+    with pytest.raises(BundleError, match="graphs.encoder.data_file 'encoder.onnx.data' is missing"):
+        load_bundle(b.path)

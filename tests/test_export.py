@@ -162,6 +162,6 @@ def test_default_main_job_exports_builtin_tiny(tmp_path):
     bundle = load_bundle(tmp_path / "tiny.amiedge")
     assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
     manifest = json.loads((bundle.path / "manifest.json").read_text())
-    assert manifest["provenance"]["source"] == "preset:tiny"
+    assert manifest["provenance"]["source"] == "preset:tiny" and len(manifest["provenance"]["source_sha256"]) == 64
     for report in manifest["parity"]["graphs"].values():
         assert report["passed"] and report["max_abs"] <= 1e-4

@@ -243,3 +243,35 @@ def test_unknown_file_kind(tmp_path):
     f.write_bytes(b"\x00")
     with pytest.raises(CheckpointError, match="pass --family"):
         load_checkpoint(f)
+
+
+def test_official_vjepa21_encoder_video_and_image(tmp_path):
+    """V-JEPA 2.1 (`ema_encoder`): interleaved RoPE scaled to the pretraining grid, modality embeddings, norms_block."""
+    from .official_vjepa21_reference import VisionTransformer21
+
+    ref = randomize(VisionTransformer21(patch_size=8, tubelet_size=2, embed_dim=48, depth=2, num_heads=4), seed=21)
+    pred = {"predictor_embed.weight": torch.zeros(32, 48), "mask_tokens.0": torch.zeros(1, 1, 32)}
+    f = _official_file(tmp_path / "vjepa2_1_vitl_dist_vitG_384.pt",
+                       {"ema_encoder": ref.state_dict(), "predictor": pred, "target_encoder": ref.state_dict()})
+    gen = torch.Generator().manual_seed(22)
+    video = torch.randn(2, 3, 4, 48, 40, generator=gen)  # non-square 6 x 5 grid, scaled onto 32 x 32 px / 8
+    loaded = load_checkpoint(f, opts=LoadOptions(checkpoint_key="ema_encoder", resolution=(48, 40), frames=4,
+                                                 num_heads=4))
+    e = loaded.config.encoder
+    assert loaded.config.family == "vjepa2" and loaded.config.predictor is None
+    assert (e.rope_layout, e.rope_ref_grid, e.output_norms, e.modality_embed) == ("interleaved", 32, 4, True)
+    assert loaded.ignored_keys == ["predictor.* (2 keys)"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encoder(video), ref(video), atol=ATOL, rtol=0)
+    image = torch.randn(2, 3, 48, 40, generator=gen)
+    loaded = load_checkpoint(f, opts=LoadOptions(resolution=(48, 40), frames=1, num_heads=4))
+    assert loaded.config.encoder.layout == "BCHW" and loaded.config.encoder.grid == (1, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encoder(image), ref(image.unsqueeze(2)), atol=ATOL, rtol=0)
+
+
+def test_malformed_predictor_is_a_clear_error(tmp_path):
+    enc = _sub(_vjepa1_model(23).state_dict(), "encoder.")
+    f = _official_file(tmp_path / "odd.pt", {"target_encoder": enc, "predictor": {"head.weight": torch.ones(2)}})
+    with pytest.raises(CheckpointError, match="predictor has no 'predictor_embed.weight'"):
+        load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4))

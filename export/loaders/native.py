@@ -7,6 +7,7 @@ safetensors metadata, `ami_edge_format` and the JSON `config`. Nothing in it is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -82,5 +83,9 @@ def load_preset(name: str, seed: int = 0) -> LoadedModel:
                 p.zero_()
             elif "mask_token" in key:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):  # identifies the weights, as a file digest would
+        digest.update(key.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
     return LoadedModel(model=model, loader="preset", source=f"{PRESET_PREFIX}{name}",
-                       source_sha256="", notes=[f"seed={seed}", "random weights (built-in preset)"])
+                       source_sha256=digest.hexdigest(), notes=[f"seed={seed}", "random weights (built-in preset)"])

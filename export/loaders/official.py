@@ -22,8 +22,8 @@ from .base import LoadedModel, LoadOptions, count_blocks, load_strict, register_
 
 ENCODER_KEYS = ("target_encoder", "ema_encoder", "encoder")
 SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
-# Keys that released checkpoints carry but the model does not use; ignored by name and reported.
-UNUSED_WITH_ROPE = ("pos_embed", "predictor_pos_embed")
+# Tables that released RoPE checkpoints carry but never use; ignored by name and reported.
+UNUSED_WITH_ROPE = {"encoder": "pos_embed", "predictor": "predictor_pos_embed"}
 # Default frames per clip when a RoPE checkpoint gives no hint (V-JEPA 2 released models: 64 frames pretraining,
 # 16 frames is the common inference clip).
 DEFAULT_VIDEO_FRAMES = 16
@@ -43,6 +43,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of state dicts")
     return obj
+
+
+def _need(sd: dict[str, torch.Tensor], key: str, what: str, path: Path) -> torch.Tensor:
+    if key not in sd:
+        raise CheckpointError(f"{path}: the {what} has no '{key}' (keys start with: {sorted(sd)[:6]}); "
+                              "not an official JEPA state dict, or pass --checkpoint-key / --family")
+    return sd[key]
 
 
 def _state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -79,15 +86,16 @@ def table_grid(n: int, is_video: bool, patch: int, resolution: tuple[int, int] |
                           + (f" at --resolution {resolution}" if resolution else "") + "; pass --resolution")
 
 
+def vjepa21_encoder(sd: dict[str, torch.Tensor]) -> bool:
+    """V-JEPA 2.1 encoders end in `norms_block` (hierarchical output norms) instead of one `norm`."""
+    return "norms_block.0.weight" in sd
+
+
 def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, path: Path) -> EncoderConfig:
-    w = sd.get("patch_embed.proj.weight")
-    if w is None:
-        raise CheckpointError(f"{path}: encoder has no patch_embed.proj.weight; not a JEPA ViT encoder")
+    w = _need(sd, "patch_embed.proj.weight", "encoder", path)
     width = w.shape[0]
     depth = count_blocks(sd, "blocks.")
-    if depth == 0:
-        raise CheckpointError(f"{path}: encoder has no blocks.N.* keys")
-    fc1 = sd["blocks.0.mlp.fc1.weight"]
+    fc1 = _need(sd, "blocks.0.mlp.fc1.weight", "encoder", path)
     is_video = w.dim() == 5
     patch = w.shape[-1]
     tubelet = w.shape[2] if is_video else 2
@@ -98,26 +106,36 @@ def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, p
         side, steps = table_grid(pos.shape[1], is_video, patch, resolution, path)
         resolution = resolution or (side * patch, side * patch)
         frames = frames or steps * tubelet
-    resolution = resolution or ((256, 256) if use_rope else (224, 224))
+    v21 = vjepa21_encoder(sd)
+    resolution = resolution or ((384, 384) if v21 else (256, 256) if use_rope else (224, 224))
     frames = (frames or DEFAULT_VIDEO_FRAMES) if is_video else 1
+    extra = {}
+    if v21:
+        if frames == 1 and "patch_embed_img.proj.weight" not in sd:
+            raise CheckpointError(f"{path}: this V-JEPA 2.1 encoder has no image patch embedding; use --frames >= 2")
+        # The hub builds 2.1 encoders with interpolate_rope=True: positions map onto the 256 px (patch 16) or
+        # 252 px (patch 14) pretraining grid.
+        extra = dict(rope_layout="interleaved", rope_ref_grid=(252 if patch == 14 else 256) // patch,
+                     output_norms=count_blocks(sd, "norms_block."), modality_embed="video_mod_embed" in sd,
+                     image_patch_embed="patch_embed_img.proj.weight" in sd)
     try:
         return EncoderConfig(
             img_size=resolution, patch_size=patch, num_frames=frames, tubelet_size=tubelet,
             in_chans=w.shape[1], embed_dim=width, depth=depth,
             num_heads=opts.num_heads or encoder_heads(width, family), mlp_ratio=fc1.shape[0] / width,
             qkv_bias="blocks.0.attn.qkv.bias" in sd, pos_embed="rope" if use_rope else "sincos",
-            layout="BCTHW" if is_video else "BCHW")
+            layout="BCTHW" if frames > 1 else "BCHW", **extra)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
-def detect_family(ckpt: dict[str, Any], enc_key: str, enc: dict[str, torch.Tensor],
-                  pred: dict[str, torch.Tensor] | None, path: Path) -> str:
+def detect_family(enc_key: str, enc: dict[str, torch.Tensor], pred: dict[str, torch.Tensor] | None,
+                  path: Path) -> str:
     """Which official repo wrote this checkpoint, where the tensors make it unambiguous."""
-    w = enc["patch_embed.proj.weight"]
+    w = _need(enc, "patch_embed.proj.weight", "encoder", path)
     if w.dim() == 4:
         return "ijepa"
-    if enc_key == "ema_encoder" or "pos_embed" not in enc:
+    if enc_key == "ema_encoder" or "pos_embed" not in enc or vjepa21_encoder(enc):
         return "vjepa2"
     if pred is not None and "action_encoder.weight" in pred:
         return "vjepa2"
@@ -162,15 +180,15 @@ def infer_predictor(sd: dict[str, torch.Tensor], enc: EncoderConfig, family: str
                     ) -> PredictorConfig | ACPredictorConfig:
     """Predictor config from its tensors. Heads: V-JEPA 2 predictors have 12 (width 384), the AC predictor 16
     (width 1024); I-JEPA and V-JEPA 1 build their predictor with the encoder's heads."""
-    width = sd["predictor_embed.weight"].shape[0]
+    width = _need(sd, "predictor_embed.weight", "predictor", path).shape[0]
     depth = count_blocks(sd, "predictor_blocks.")
-    fc1 = sd["predictor_blocks.0.mlp.fc1.weight"]
+    fc1 = _need(sd, "predictor_blocks.0.mlp.fc1.weight", "predictor", path)
     qkv_bias = "predictor_blocks.0.attn.qkv.bias" in sd
     if "action_encoder.weight" in sd:
         heads = opts.pred_num_heads or predictor_heads(width, AC_PREDICTOR_HEADS, "action-conditioned predictor")
         return ACPredictorConfig(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=fc1.shape[0] / width,
                                  qkv_bias=qkv_bias, action_dim=sd["action_encoder.weight"].shape[1],
-                                 state_dim=sd["state_encoder.weight"].shape[1])
+                                 state_dim=_need(sd, "state_encoder.weight", "predictor", path).shape[1])
     if opts.pred_num_heads:
         heads = opts.pred_num_heads
     elif family == "vjepa2":
@@ -190,30 +208,38 @@ def load_official(path: Path, opts: LoadOptions, family: str = "auto") -> Loaded
     enc_key, enc_sd = pick_encoder(ckpt, path, opts.checkpoint_key)
     pred_sd = _state_dict(ckpt["predictor"], f"{path}['predictor']") if "predictor" in ckpt else None
     if family == "auto":
-        family = detect_family(ckpt, enc_key, enc_sd, pred_sd, path)
+        family = detect_family(enc_key, enc_sd, pred_sd, path)
     enc_cfg = infer_encoder(enc_sd, family, opts, path)
     if family == "ijepa" and enc_cfg.is_video:
         raise CheckpointError(f"{path}: --family ijepa but the encoder has video (Conv3d) patches")
     ignored: list[str] = []
     notes = [f"encoder from checkpoint key '{enc_key or '<root>'}'"]
-    if enc_cfg.pos_embed == "rope":
-        for k in UNUSED_WITH_ROPE:
-            if k in enc_sd:
-                enc_sd.pop(k)
-                ignored.append(f"encoder.{k}")
-    else:
-        if "pos_embed" in enc_sd:
-            _fit_table(enc_sd, "pos_embed", enc_cfg.embed_dim, enc_cfg, notes, path)
+    rope = enc_cfg.pos_embed == "rope"
+    if rope and UNUSED_WITH_ROPE["encoder"] in enc_sd:
+        enc_sd.pop(UNUSED_WITH_ROPE["encoder"])
+        ignored.append("encoder.pos_embed")
+    elif "pos_embed" in enc_sd:
+        _fit_table(enc_sd, "pos_embed", enc_cfg.embed_dim, enc_cfg, notes, path)
     pred_cfg = ac_cfg = None
     sd = {f"encoder.{k}": v for k, v in enc_sd.items()}
+    if pred_sd is not None and vjepa21_encoder(enc_sd):
+        # The 2.1 predictor predicts in the distillation teacher's space (or 4 stacked levels), which cannot be
+        # compared with this encoder's own latents; export the encoder only and say so.
+        ignored.append(f"predictor.* ({len(pred_sd)} keys)")
+        notes.append("V-JEPA 2.1: encoder only; its predictor outputs teacher/hierarchical features, not this "
+                     "encoder's latent space, so it is not exported")
+        pred_sd = None
+    if enc_cfg.rope_layout == "interleaved":
+        notes.append(f"V-JEPA 2.1 encoder: interleaved RoPE, positions scaled to the {enc_cfg.rope_ref_grid}x"
+                     f"{enc_cfg.rope_ref_grid} pretraining grid, output norms_block[-1]")
     if pred_sd is not None:
         cfg = infer_predictor(pred_sd, enc_cfg, family, opts, path)
         if isinstance(cfg, ACPredictorConfig):
             ac_cfg, prefix = cfg, "ac_predictor"
         else:
             pred_cfg, prefix = cfg, "predictor"
-            if enc_cfg.pos_embed == "rope" and "predictor_pos_embed" in pred_sd:
-                pred_sd.pop("predictor_pos_embed")
+            if rope and UNUSED_WITH_ROPE["predictor"] in pred_sd:
+                pred_sd.pop(UNUSED_WITH_ROPE["predictor"])
                 ignored.append("predictor.predictor_pos_embed")
             elif "predictor_pos_embed" in pred_sd:
                 _fit_table(pred_sd, "predictor_pos_embed", cfg.embed_dim, enc_cfg, notes, path)

@@ -16,6 +16,7 @@ from ami_edge.errors import ConfigError
 FAMILIES = ("vjepa2", "vjepa", "ijepa", "native")
 POS_EMBEDS = ("sincos", "rope")
 LAYOUTS = ("BCTHW", "BTCHW", "BCHW")
+ROPE_LAYOUTS = ("tiled", "interleaved")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -27,6 +28,13 @@ def _check_positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ConfigError(f"{owner}.{name} must be > 0, got {value}")
+
+
+def _check_transformer(owner: str, flag: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+    _check_positive(owner, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    if embed_dim % num_heads:
+        raise ConfigError(f"{owner}.embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
+                          f"pass {flag} with a divisor of the width")
 
 
 @dataclass
@@ -47,17 +55,24 @@ class EncoderConfig:
     uniform_power: bool = False  # V-JEPA 3D sincos: split dims evenly over t/h/w
     norm_eps: float = 1e-6
     layout: str = "BCTHW"  # input layout the graph accepts
+    # V-JEPA 2.1 variations (defaults are V-JEPA 2):
+    rope_layout: str = "tiled"  # angle table "tiled" (V-JEPA 2 quirk) or "interleaved" (V-JEPA 2.1)
+    rope_ref_grid: int = 0  # >0: scale h/w RoPE positions onto this pretraining grid (2.1 interpolate_rope)
+    output_norms: int = 1  # 1: final `norm`; n > 1: 2.1 `norms_block` (one per hierarchical layer; output = last)
+    modality_embed: bool = False  # 2.1 `img_mod_embed` / `video_mod_embed` added after patch embedding
+    image_patch_embed: bool = False  # 2.1 `patch_embed_img` (tubelet 1), used for image input (num_frames == 1)
 
     def __post_init__(self) -> None:
         self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
         _check_choice("encoder.pos_embed", self.pos_embed, POS_EMBEDS)
         _check_choice("encoder.layout", self.layout, LAYOUTS)
+        _check_choice("encoder.rope_layout", self.rope_layout, ROPE_LAYOUTS)
+        _check_positive("encoder", output_norms=self.output_norms)
+        if self.rope_ref_grid and min(self.grid[1:]) < 2:
+            raise ConfigError(f"encoder.rope_ref_grid needs a token grid of at least 2x2, got {self.grid[1:]}")
         _check_positive("encoder", patch_size=self.patch_size, num_frames=self.num_frames,
-                        tubelet_size=self.tubelet_size, embed_dim=self.embed_dim, depth=self.depth,
-                        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio)
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"encoder.embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
-                              "pass --num-heads with a divisor of the width")
+                        tubelet_size=self.tubelet_size)
+        _check_transformer("encoder", "--num-heads", self.embed_dim, self.depth, self.num_heads, self.mlp_ratio)
         h, w = self.img_size
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(f"encoder.img_size={self.img_size} is not a multiple of patch_size={self.patch_size}")
@@ -98,10 +113,8 @@ class PredictorConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check_positive("predictor", embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
-                        mlp_ratio=self.mlp_ratio)
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"predictor.embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        _check_transformer("predictor", "--pred-num-heads", self.embed_dim, self.depth, self.num_heads,
+                           self.mlp_ratio)
         if self.num_mask_tokens < 0:
             raise ConfigError(f"predictor.num_mask_tokens must be >= 0, got {self.num_mask_tokens}")
 
@@ -121,11 +134,9 @@ class ACPredictorConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check_positive("ac_predictor", embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
-                        action_dim=self.action_dim, state_dim=self.state_dim)
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"ac_predictor.embed_dim={self.embed_dim} is not divisible by "
-                              f"num_heads={self.num_heads}")
+        _check_transformer("ac_predictor", "--pred-num-heads", self.embed_dim, self.depth, self.num_heads,
+                           self.mlp_ratio)
+        _check_positive("ac_predictor", action_dim=self.action_dim, state_dim=self.state_dim)
 
     @property
     def cond_tokens(self) -> int:

@@ -61,19 +61,22 @@ def grid_positions(ids: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.T
     return t, h, w
 
 
-def rope_rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def rope_rotate(x: torch.Tensor, pos: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate pairs of channels of x (B, nh, N, d) by angles pos (B|1, 1, N) * omega.
 
-    Kept exactly as V-JEPA 2 ships it, because the released weights depend on it: channels rotate in adjacent
-    pairs (2i, 2i+1), but the angle table is *tiled* ([f0..f_{d/2-1}, f0..f_{d/2-1}], `repeat(1,1,1,2)`), not
-    interleaved, so pair i uses frequency f_{2i mod d/2} for its first channel and f_{(2i+1) mod d/2} for its second.
+    Channels rotate in adjacent pairs (2i, 2i+1). V-JEPA 2 *tiles* the angle table ([f0..f_{d/2-1}, f0..f_{d/2-1}],
+    `repeat(1,1,1,2)`), so pair i uses f_{2i mod d/2} for its first channel and f_{(2i+1) mod d/2} for its second;
+    the released weights depend on that, so it is the default. V-JEPA 2.1 interleaves ([f0, f0, f1, f1, ...]).
     """
     d = x.shape[-1]
     omega = torch.arange(d // 2, dtype=x.dtype, device=x.device) / (d / 2.0)
     omega = 1.0 / 10000**omega  # (d/2,)
     freq = pos.unsqueeze(-1) * omega  # (B|1, 1, N, d/2)
-    sin = torch.cat([freq.sin(), freq.sin()], dim=-1)  # (B|1, 1, N, d) tiled, not interleaved
-    cos = torch.cat([freq.cos(), freq.cos()], dim=-1)
+    if interleaved:
+        sin, cos = freq.sin().repeat_interleave(2, dim=-1), freq.cos().repeat_interleave(2, dim=-1)
+    else:
+        sin = torch.cat([freq.sin(), freq.sin()], dim=-1)  # (B|1, 1, N, d) tiled
+        cos = torch.cat([freq.cos(), freq.cos()], dim=-1)
     pairs = x.unflatten(-1, (-1, 2))  # (B, nh, N, d/2, 2)
     rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (B, nh, N, d)
     return x * cos + rotated * sin
@@ -82,14 +85,15 @@ def rope_rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 class Rope3D(nn.Module):
     """3-D RoPE: each head splits into depth / height / width sections of 2*((d//3)//2) channels; the rest pass."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, interleaved: bool = False):
         super().__init__()
         self.section = 2 * ((head_dim // 3) // 2)
         self.head_dim = head_dim
+        self.interleaved = interleaved
 
     def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         s = self.section
-        parts = [rope_rotate(x[..., i * s:(i + 1) * s], p) for i, p in enumerate(pos)]
+        parts = [rope_rotate(x[..., i * s:(i + 1) * s], p, self.interleaved) for i, p in enumerate(pos)]
         if 3 * s < self.head_dim:
             parts.append(x[..., 3 * s:])
         return torch.cat(parts, dim=-1)
@@ -99,14 +103,15 @@ class Rope3D(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection and optional 3-D RoPE."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, use_rope: bool = False):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, use_rope: bool = False,
+                 rope_interleaved: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.rope = Rope3D(self.head_dim) if use_rope else None
+        self.rope = Rope3D(self.head_dim, rope_interleaved) if use_rope else None
 
     def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
                 attn_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,12 +142,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, use_rope: bool, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, use_rope: bool, eps: float,
+                 rope_interleaved: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, use_rope)
+        self.attn = Attention(dim, num_heads, qkv_bias, use_rope, rope_interleaved)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        # round, not int: a ratio inferred as fc1/width (6144/1408) times width can land a hair below the integer
+        self.mlp = MLP(dim, round(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
                 attn_bias: torch.Tensor | None = None) -> torch.Tensor:
