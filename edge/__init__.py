@@ -10,5 +10,18 @@ from .errors import (AmiEdgeError, BundleError, BundleNotFoundError, CheckpointE
 
 __version__ = "0.1.0"
 
+# Imported on first use, so `import ami_edge` stays light (sources pull in OpenCV).
+_LAZY = {"open_source": "sources", "Frame": "sources", "Source": "sources", "SourceError": "sources"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'ami_edge' has no attribute {name!r}")
+
+
 __all__ = ["AmiEdgeError", "Bundle", "BundleError", "BundleNotFoundError", "CheckpointError", "ConfigError",
-           "ExportError", "Manifest", "MissingExtraError", "__version__", "load_bundle"]
+           "ExportError", "Frame", "Manifest", "MissingExtraError", "Source", "SourceError", "__version__",
+           "load_bundle", "open_source"]

@@ -28,6 +28,8 @@ def test_import_runtime_without_torch():
         from ami_edge import load_bundle, Bundle, BundleError
         ami_edge.cli.build_parser()
         import ami_edge.calibration, ami_edge.firmware_bridge
+        frames = list(ami_edge.open_source("synthetic://pusher?seed=1&size=32&frames=3"))
+        assert frames[2].image.shape == (32, 32, 3) and frames[2].action.shape == (2,)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "tensorrt"})
         assert not heavy, heavy
         print("ok")

@@ -1,0 +1,42 @@
+"""Packaging facts a fresh install depends on, checked from the files themselves."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Runtime requirements the Jetson image takes from JetPack / a Jetson wheel instead of PyPI, and why.
+FROM_JETSON_BASE = {
+    "onnxruntime": "onnxruntime-gpu",  # PyPI's aarch64 wheel is CPU-only
+    "opencv-python-headless": "nvidia-opencv",  # pip's OpenCV has no GStreamer (CSI cameras)
+    "numpy": "python3-numpy",
+}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_jetson_image_installs_every_runtime_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    docker = (ROOT / "Dockerfile.jetson").read_text()
+    for requirement in project["dependencies"]:
+        name = _name(requirement)
+        assert f'"{name}' in docker or FROM_JETSON_BASE.get(name, "\0") in docker, (
+            f"Dockerfile.jetson does not install runtime dependency {name}")
+    assert not re.search(r"pip3? install[^\n]*opencv", docker), "pip OpenCV over JetPack's breaks CSI cameras"
+    assert "torch" not in " ".join(project["dependencies"])
+
+
+def test_package_dir_covers_every_package():
+    """Every folder with an __init__.py under the mapped roots is listed, so a wheel install is complete."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping, listed = tool["package-dir"], set(tool["packages"])
+    found = set()
+    for package, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found <= listed, f"packages missing from pyproject: {sorted(found - listed)}"
