@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ class _Reader:
 
     def _path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
+
+    def positive(self, key: str) -> int:
+        value = self.get(key, int)
+        if value <= 0:
+            raise BundleError(f"{self.file}: field '{self._path(key)}' must be a positive integer, got {value}")
+        return value
 
     def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
         if key not in self.data:
@@ -109,11 +116,18 @@ class GraphSpec:
                                   "bundle")
             return name
 
-        data_file = plain_name("data_file", optional=True)
-        return cls(file=plain_name("file") or "", precision=r.choice("precision", PRECISIONS),
-                   sha256=r.get("sha256", str), inputs=tensors("inputs"), outputs=tensors("outputs"),
-                   opset=r.get("opset", int), data_file=data_file,
-                   data_sha256=r.get("data_sha256", str) if data_file else None)
+        def digest(key: str) -> str:
+            value = r.get(key, str)
+            if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+                raise BundleError(f"{r.file}: field '{r.where}.{key}' must be 64 lowercase hex digits")
+            return value
+
+        file, data_file = plain_name("file") or "", plain_name("data_file", optional=True)
+        if data_file == file:
+            raise BundleError(f"{r.file}: field '{r.where}.data_file' must differ from '{r.where}.file'")
+        return cls(file=file, precision=r.choice("precision", PRECISIONS), sha256=digest("sha256"),
+                   inputs=tensors("inputs"), outputs=tensors("outputs"), opset=r.positive("opset"),
+                   data_file=data_file, data_sha256=digest("data_sha256") if data_file else None)
 
 
 @dataclass(frozen=True)
@@ -130,15 +144,21 @@ class InputSpec:
     @classmethod
     def parse(cls, r: _Reader) -> InputSpec:
         mean, std = r.get("mean", list), r.get("std", list)
-        channels = r.get("channels", int)
+        channels = r.positive("channels")
         for key, vals in (("mean", mean), ("std", std)):
-            if len(vals) != channels or not all(isinstance(v, (int, float)) for v in vals):
-                raise BundleError(f"{r.file}: field 'input.{key}' must hold {channels} numbers, got {vals!r}")
+            if len(vals) != channels or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                and math.isfinite(v) for v in vals):
+                raise BundleError(f"{r.file}: field 'input.{key}' must hold {channels} finite numbers, got {vals!r}")
         if any(s <= 0 for s in std):
             raise BundleError(f"{r.file}: field 'input.std' must be positive, got {std!r}")
-        return cls(layout=r.choice("layout", LAYOUTS), frames=r.get("frames", int), tubelet=r.get("tubelet", int),
-                   height=r.get("height", int), width=r.get("width", int), channels=channels,
-                   mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+        layout, frames, tubelet = r.choice("layout", LAYOUTS), r.positive("frames"), r.positive("tubelet")
+        if (layout == "BCHW") != (frames == 1) or frames % tubelet:
+            raise BundleError(f"{r.file}: fields 'input.layout'={layout}, 'input.frames'={frames}, "
+                              f"'input.tubelet'={tubelet} do not fit together (BCHW is one frame; video frames are "
+                              "a multiple of the tubelet)")
+        return cls(layout=layout, frames=frames, tubelet=tubelet, height=r.positive("height"),
+                   width=r.positive("width"), channels=channels, mean=tuple(float(m) for m in mean),
+                   std=tuple(float(s) for s in std))
 
 
 @dataclass(frozen=True)
@@ -155,7 +175,7 @@ class LatentSpec:
         tokens = r.get("tokens", int)
         if tokens != grid[0] * grid[1] * grid[2]:
             raise BundleError(f"{r.file}: field 'latent.tokens'={tokens} != product of latent.grid {grid}")
-        return cls(tokens=tokens, dim=r.get("dim", int), grid=(grid[0], grid[1], grid[2]))
+        return cls(tokens=tokens, dim=r.positive("dim"), grid=(grid[0], grid[1], grid[2]))
 
 
 @dataclass(frozen=True)
@@ -186,9 +206,22 @@ class Manifest:
         if "encoder" not in graphs_r.data:
             raise BundleError(f"{file}: missing field 'graphs.encoder' (every bundle needs an encoder)")
         graphs = {name: GraphSpec.parse(graphs_r.sub(name)) for name in GRAPH_NAMES if name in graphs_r.data}
-        return cls(schema_version=version, name=r.get("name", str), family=r.choice("family", FAMILIES),
-                   input=InputSpec.parse(r.sub("input")), latent=LatentSpec.parse(r.sub("latent")), graphs=graphs,
-                   parity=r.get("parity", dict), provenance=r.get("provenance", dict),
+        files = [f for g in graphs.values() for _, f, _ in g.files()]
+        if len(files) != len(set(files)):
+            raise BundleError(f"{file}: field 'graphs' lists a file twice: {sorted(files)}")
+        inp, latent = InputSpec.parse(r.sub("input")), LatentSpec.parse(r.sub("latent"))
+        if latent.grid[0] not in (inp.frames // inp.tubelet, 1):
+            raise BundleError(f"{file}: field 'latent.grid'={list(latent.grid)} does not fit input.frames / "
+                              f"input.tubelet = {inp.frames // inp.tubelet}")
+        parity = r.get("parity", dict)
+        report = parity.get("graphs", {})
+        if not isinstance(report, dict) or not all(isinstance(v, dict) for v in report.values()):
+            raise BundleError(f"{file}: field 'parity.graphs' must map graph names to reports")
+        name = r.get("name", str)
+        if not name.isprintable():
+            raise BundleError(f"{file}: field 'name' must be printable text")
+        return cls(schema_version=version, name=name, family=r.choice("family", FAMILIES), input=inp,
+                   latent=latent, graphs=graphs, parity=parity, provenance=r.get("provenance", dict),
                    model=r.get("model", dict, optional=True) or {})
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,8 +260,15 @@ def shipped_bundles() -> list[str]:
     return sorted(p.name[: -len(SUFFIX)] for p in SHIPPED_DIR.glob(f"*{SUFFIX}") if p.is_dir())
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid manifest value")
+
+
 def resolve_bundle(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path).expanduser()
+    try:
+        path = Path(name_or_path).expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        path = Path(name_or_path)
     if path.is_dir():
         return path
     if path.suffix != SUFFIX and path.with_name(path.name + SUFFIX).is_dir():
@@ -261,15 +301,20 @@ def load_bundle(name_or_path: str | Path, verify: bool = True) -> Bundle:
     if not file.is_file():
         raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing (re-run `ami-edge export`)")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(file.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except OSError as exc:
+        raise BundleError(f"{file} cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise BundleError(f"{file}: not valid JSON ({exc}); the bundle is corrupted, re-export it") from exc
     manifest = Manifest.parse(data, file)
+    root = path.resolve()
     for name, spec in manifest.graphs.items():
         for key, fname, digest in spec.files():
             graph = path / fname
             if not graph.is_file():
                 raise BundleError(f"{file}: graphs.{name}.{key} '{fname}' is missing from {path}")
+            if graph.resolve().parent != root:
+                raise BundleError(f"{file}: graphs.{name}.{key} '{fname}' links outside the bundle")
             sha_key = "sha256" if key == "file" else "data_sha256"
             if verify and sha256_file(graph) != digest:
                 raise BundleError(f"{graph}: sha256 does not match graphs.{name}.{sha_key} in {MANIFEST}; "

@@ -16,7 +16,7 @@ from ami_edge.bundle import GRAPH_NAMES
 from ami_edge.errors import ConfigError
 
 from .loaders import LoadOptions, load_checkpoint
-from .onnx_export import MIN_OPSET, export_bundle
+from .onnx_export import MIN_OPSET, bundle_out_path, export_bundle
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, log_path=False)
     opts = LoadOptions(checkpoint_key=args.checkpoint_key, resolution=args.resolution, frames=args.frames,
                        num_heads=args.num_heads, pred_num_heads=args.pred_num_heads)
-    out = Path(args.out) if args.out else default_out(args.src)
+    out = bundle_out_path(args.out or default_out(args.src))  # refuse a bad --out before loading anything
     with quiet_exporter(args.verbose), console.status(f"loading {args.src}") as status:
         loaded = load_checkpoint(args.src, args.family, opts, seed=args.seed)
         cfg = loaded.config

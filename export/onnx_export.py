@@ -44,7 +44,8 @@ class GraphPlan:
     module: nn.Module
     inputs: dict[str, torch.Tensor]
     outputs: list[str]
-    dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name}
+    dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name, or "name*k" for k times that axis}
+    variants: dict[str, dict[str, torch.Tensor]] | None = None  # extra parity inputs probing the dynamic axes
 
 
 def example_pixels(model: JEPAModel, batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -89,29 +90,44 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
                 {"context": {0: "batch", 1: "context"}, "context_ids": {0: "batch", 1: "context"},
                  "target_ids": {0: "batch", 1: "target"}}))
         elif name == "ac_predictor":
-            ac = model.cfg.ac_predictor
-            steps = model.cfg.encoder.grid[0]
-            inputs = {"context": tokens, "actions": torch.randn(batch, steps, ac.action_dim, generator=gen),
-                      "states": torch.randn(batch, steps, ac.state_dim, generator=gen)}
-            dynamic = {"context": {0: "batch"}, "actions": {0: "batch"}, "states": {0: "batch"}}
-            if ac.use_extrinsics:
-                inputs["extrinsics"] = torch.randn(batch, steps, ac.action_dim - 1, generator=gen)
-                dynamic["extrinsics"] = {0: "batch"}
-            plans.append(GraphPlan("ac_predictor", model.ac_predictor, inputs, ["prediction"], dynamic))
+            plans.append(_ac_plan(model, tokens, batch, gen))
         else:
             raise ConfigError(f"unknown graph {name!r}; valid: encoder, predictor, ac_predictor")
     return plans
 
 
+def _ac_plan(model: JEPAModel, tokens: torch.Tensor, batch: int, gen: torch.Generator) -> GraphPlan:
+    """The AC predictor takes any number of steps: context (B, steps*H'W', D), actions/states (B, steps, .)."""
+    ac = model.cfg.ac_predictor
+    _, h, w = model.cfg.encoder.grid
+    hw = h * w
+    steps = max(2, tokens.shape[1] // hw)
+    per_step = tokens[:, :hw]  # (B, H'W', D) realistic tokens, repeated over steps with noise
+    def make(n: int) -> dict[str, torch.Tensor]:
+        ctx = per_step.repeat(1, n, 1) + 0.1 * torch.randn(batch, n * hw, tokens.shape[-1], generator=gen)
+        inputs = {"context": ctx, "actions": torch.randn(batch, n, ac.action_dim, generator=gen),
+                  "states": torch.randn(batch, n, ac.state_dim, generator=gen)}
+        if ac.use_extrinsics:
+            inputs["extrinsics"] = torch.randn(batch, n, ac.action_dim - 1, generator=gen)
+        return inputs
+    dynamic = {"context": {0: "batch", 1: f"steps*{hw}"}, "actions": {0: "batch", 1: "steps"},
+               "states": {0: "batch", 1: "steps"}}
+    if ac.use_extrinsics:
+        dynamic["extrinsics"] = {0: "batch", 1: "steps"}
+    return GraphPlan("ac_predictor", model.ac_predictor, make(steps), ["prediction"], dynamic,
+                     variants={"steps+1": make(steps + 1)})
+
+
 def _dynamic_shapes(plan: GraphPlan) -> dict[str, dict[int, Any]]:
     dims: dict[str, Any] = {}
-    shapes = {}
+    shapes: dict[str, dict[int, Any]] = {}
     for inp, axes in plan.dynamic.items():
         shapes[inp] = {}
-        for axis, axis_name in axes.items():
-            if axis_name not in dims:
-                dims[axis_name] = torch.export.Dim(axis_name, min=1, max=65536)
-            shapes[inp][axis] = dims[axis_name]
+        for axis, spec in axes.items():
+            name, _, factor = spec.partition("*")
+            if name not in dims:
+                dims[name] = torch.export.Dim(name, min=1, max=65536)
+            shapes[inp][axis] = dims[name] * int(factor) if factor else dims[name]
     return shapes
 
 
@@ -137,8 +153,8 @@ def export_graph(plan: GraphPlan, path: Path, opset: int, external_data: bool = 
         raise ExportError(f"torch.onnx.export of the {plan.name} graph failed: {exc}") from exc
     try:
         onnx.checker.check_model(str(path), full_check=True)  # a path, so external data is checked too
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"onnx.checker rejected {path.name}: {exc}") from exc
+    except Exception as exc:  # ValidationError, or shape_inference.InferenceError with full_check
+        raise ExportError(f"onnx.checker rejected {path.name}: {str(exc).strip().splitlines()[0]}") from exc
     data = sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
     if len(data) > 1:
         raise ExportError(f"{path.name}: the exporter wrote several data files {[p.name for p in data]}")
@@ -159,20 +175,23 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def check_parity(plan: GraphPlan, path: Path, tolerance: float) -> dict[str, Any]:
     """Run ONNX Runtime (CPU) and torch on the plan's seeded inputs, and again at another batch size."""
     ort = require("onnxruntime", "export", "The parity check")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     report: dict[str, Any] = {"outputs": {}, "tolerance": tolerance}
-    for batch_label, inputs in (("batch", plan.inputs), ("batch+1", _grow_batch(plan.inputs))):
+    cases = [("batch", plan.inputs), ("batch+1", _grow_batch(plan.inputs)), *(plan.variants or {}).items()]
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs = [(label, inputs, session.run(plan.outputs, {k: v.numpy() for k, v in inputs.items()}))
+                for label, inputs in cases]
+    except Exception as exc:  # ORT raises its own Fail / InvalidGraph / RuntimeException types
+        raise ExportError(f"ONNX Runtime could not run {path.name}: {str(exc).strip().splitlines()[0]}") from exc
+    for label, inputs, got in runs:
         with torch.no_grad():
             expected = plan.module(*inputs.values())
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(plan.outputs, {k: v.numpy() for k, v in inputs.items()})
         for name, e, g in zip(plan.outputs, expected, got):
             if tuple(e.shape) != tuple(g.shape):
                 raise ExportError(f"{plan.name}: ONNX output {name} has shape {tuple(g.shape)}, torch "
-                                  f"{tuple(e.shape)} ({batch_label}); the dynamic axes did not export")
-            stats = compare(e.numpy(), g)
-            key = name if batch_label == "batch" else f"{name}@{batch_label}"
-            report["outputs"][key] = stats
+                                  f"{tuple(e.shape)} ({label}); the dynamic axes did not export")
+            report["outputs"][name if label == "batch" else f"{name}@{label}"] = compare(e.numpy(), g)
     worst = max(s["max_abs"] for s in report["outputs"].values())
     report["max_abs"] = worst
     report["passed"] = bool(worst <= tolerance)
@@ -207,6 +226,18 @@ def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
 
 
+def bundle_out_path(out: str | Path) -> Path:
+    """Where a bundle will be written: `.amiedge` appended; refuses to replace anything that is not a bundle."""
+    out = Path(out)
+    if out.suffix != SUFFIX:
+        out = out.with_name(out.name + SUFFIX)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a bundle directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ConfigError(f"--out {out} is a non-empty directory without {MANIFEST}; refusing to replace it")
+    return out
+
+
 def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,
                   opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                   name: str | None = None, on_stage: Callable[[str], None] | None = None,
@@ -236,9 +267,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         raise ConfigError(f"the model has no {', '.join(missing)} graph; it has: {', '.join(available)}")
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
-    out = Path(out)
-    if out.suffix != SUFFIX:
-        out = out.with_name(out.name + SUFFIX)
+    out = bundle_out_path(out)
     name = name or out.name[: -len(SUFFIX)]
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -292,7 +321,8 @@ def _manifest(loaded: LoadedModel, name: str, graphs: dict, parity: dict, seed: 
                    "runtime": "onnxruntime CPUExecutionProvider", "graphs": parity},
         "provenance": {"source": loaded.source, "source_sha256": loaded.source_sha256, "loader": loaded.loader,
                        "ignored_keys": loaded.ignored_keys, "notes": loaded.notes,
-                       "exporter": f"torch.onnx.export (dynamo, opset {opset}, external_data=False)",
+                       "exporter": f"torch.onnx.export (dynamo, opset {opset})",
+                       "external_data": sorted(g for g, spec in graphs.items() if "data_file" in spec),
                        "versions": _versions(),
                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         "model": cfg.to_dict(),

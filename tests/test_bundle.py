@@ -125,3 +125,43 @@ def test_external_data_graph_is_verified(tmp_path):
     data.unlink()
     with pytest.raises(BundleError, match="graphs.encoder.data_file 'encoder.onnx.data' is missing"):
         load_bundle(b.path)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["input"].update(std=[0.2, float("nan"), 0.2]), "NaN is not a valid manifest value"),
+    (lambda d: d["input"].update(mean=[True, True, True]), "finite numbers"),
+    (lambda d: d["input"].update(frames=0), "'input.frames' must be a positive integer"),
+    (lambda d: d["input"].update(layout="BCTHW"), "do not fit together"),
+    (lambda d: d["latent"].update(dim=-1), "'latent.dim' must be a positive integer"),
+    (lambda d: d["graphs"]["encoder"].update(opset=-3), "'graphs.encoder.opset' must be a positive integer"),
+    (lambda d: d["graphs"]["encoder"].update(sha256="abc"), "64 lowercase hex digits"),
+    (lambda d: d["graphs"]["encoder"].update(data_file="encoder.onnx", data_sha256="0" * 64), "must differ"),
+    (lambda d: d["parity"].update(graphs=["encoder"]), "'parity.graphs' must map graph names"),
+    (lambda d: d.update(name="evil\x1b[2J"), "'name' must be printable"),
+])
+def test_inconsistent_manifest_values(bundle, edit, fragment):
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # json.dumps writes NaN as the bare literal that json.loads accepts
+    with pytest.raises(BundleError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        load_bundle(bundle)
+
+
+def test_deeply_nested_manifest_and_escaping_links(bundle, tmp_path):
+    (bundle / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle)
+
+
+def test_graph_symlink_outside_the_bundle(bundle, tmp_path):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(bundle / "encoder.onnx", outside)
+    (bundle / "encoder.onnx").symlink_to(outside)
+    with pytest.raises(BundleError, match="links outside the bundle"):
+        load_bundle(bundle)
+
+
+def test_tilde_user_that_does_not_exist():
+    with pytest.raises(BundleNotFoundError):
+        load_bundle("~no_such_user_here/x.amiedge")

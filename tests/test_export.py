@@ -103,17 +103,22 @@ def test_export_official_ac_and_vjepa1(tmp_path):
     rope_enc = {k: v for k, v in enc.items() if k != "pos_embed"}
     f = _official_file(tmp_path / "ac.pt", {"encoder": rope_enc, "predictor": ac.state_dict()}, prefix="module.")
     proc = run_cli("export", str(f), "--num-heads", "4", "--pred-num-heads", "4", "--resolution", "32",
-                   "--frames", "4", "--out", str(tmp_path / "ac.amiedge"))
+                   "--out", str(tmp_path / "ac.amiedge"))
     assert proc.returncode == 0, proc.stderr
     bundle = load_bundle(tmp_path / "ac.amiedge")
     assert set(bundle.manifest.graphs) == {"encoder", "ac_predictor"}
+    assert bundle.manifest.input.frames == 2  # per-frame encoding, as the official 2-AC world model
+    assert bundle.manifest.graphs["ac_predictor"].inputs[1].shape == ("batch", "steps", 7)
+    ln = torch.nn.functional.layer_norm
     gen = torch.Generator().manual_seed(36)
-    ctx, a, s = torch.randn(3, 32, 48, generator=gen), torch.randn(3, 2, 7, generator=gen), torch.randn(3, 2, 7)
-    with torch.no_grad():
-        want = ac(ctx, a, s).numpy()
-    (got,) = _session(bundle, "ac_predictor").run(None, {"context": ctx.numpy(), "actions": a.numpy(),
-                                                          "states": s.numpy()})
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    for steps in (1, 3, 5):  # the step count is a dynamic axis
+        ctx, a, s = (torch.randn(3, steps * 16, 48, generator=gen), torch.randn(3, steps, 7, generator=gen),
+                     torch.randn(3, steps, 7, generator=gen))
+        with torch.no_grad():
+            want = ln(ac(ln(ctx, (48,)), a, s), (48,)).numpy()
+        (got,) = _session(bundle, "ac_predictor").run(None, {"context": ctx.numpy(), "actions": a.numpy(),
+                                                              "states": s.numpy()})
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
 def test_export_hf_ijepa_graph_subset(tmp_path, hf_ijepa):
@@ -165,3 +170,15 @@ def test_default_main_job_exports_builtin_tiny(tmp_path):
     assert manifest["provenance"]["source"] == "preset:tiny" and len(manifest["provenance"]["source_sha256"]) == 64
     for report in manifest["parity"]["graphs"].values():
         assert report["passed"] and report["max_abs"] <= 1e-4
+
+
+def test_out_never_replaces_what_is_not_a_bundle(tmp_path, hf_ijepa):
+    path, _ = hf_ijepa
+    notes = tmp_path / "victim.amiedge"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    assert_one_line_error(run_cli("export", str(path), "--out", str(notes)), "refusing to replace it")
+    assert (notes / "notes.txt").read_text() == "keep me"
+    afile = tmp_path / "file.amiedge"
+    afile.write_text("x")
+    assert_one_line_error(run_cli("export", str(path), "--out", str(afile)), "is not a bundle directory")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -116,19 +119,22 @@ def test_official_vjepa2_ac(tmp_path):
     from .official_ac_reference import VisionTransformerPredictorAC
 
     enc_model = randomize(JEPAModel(JEPAConfig(encoder=EncoderConfig(
-        img_size=(32, 32), patch_size=8, num_frames=4, embed_dim=48, depth=1, num_heads=4,
+        img_size=(32, 32), patch_size=8, num_frames=2, embed_dim=48, depth=1, num_heads=4,
         pos_embed="rope"))), seed=9).encoder
     ref = randomize(VisionTransformerPredictorAC((32, 32), 8, 64, 2, 48, 64, 2, 4), seed=10)
     f = _official_file(tmp_path / "vjepa2-ac.pt", {"encoder": enc_model.state_dict()}, prefix="module.")
     torch.save({**torch.load(f, weights_only=True), "predictor": {f"module.{k}": v for k, v in
                                                                     ref.state_dict().items()}}, f)
-    loaded = load_checkpoint(f, opts=LoadOptions(resolution=32, frames=4, num_heads=4, pred_num_heads=4))
+    loaded = load_checkpoint(f, opts=LoadOptions(resolution=32, num_heads=4, pred_num_heads=4))
     assert loaded.config.family == "vjepa2" and loaded.config.ac_predictor is not None
     gen = torch.Generator().manual_seed(11)
     x, a, s = torch.randn(1, 3 * 16, 48, generator=gen), torch.randn(1, 3, 7, generator=gen), torch.randn(1, 3, 7)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model.ac_predictor(x, a, s), ref(x, a, s), atol=ATOL, rtol=0)
-        pix = torch.randn(1, 3, 4, 32, 32, generator=gen)
+        # the official world model wraps the predictor in parameter-free layer norms (normalize_reps)
+        want = torch.nn.functional.layer_norm(ref(torch.nn.functional.layer_norm(x, (48,)), a, s), (48,))
+        torch.testing.assert_close(loaded.model.ac_predictor(x, a, s), want, atol=ATOL, rtol=0)
+        assert loaded.config.encoder.num_frames == 2  # one frame per step, repeated into a tubelet
+        pix = torch.randn(1, 3, 2, 32, 32, generator=gen)
         torch.testing.assert_close(loaded.model.encoder(pix), enc_model(pix), atol=ATOL, rtol=0)
 
 
@@ -168,7 +174,7 @@ def test_official_vjepa1_other_resolution_regenerates_table(tmp_path):
                                             _sub(sd, "predictor.")})
     loaded = load_checkpoint(f, family="vjepa", opts=LoadOptions(resolution=48, frames=8, num_heads=4))
     assert loaded.config.encoder.grid == (4, 6, 6)
-    assert any("regenerated" in n for n in loaded.notes)
+    assert any("rebuilt from the formula" in n for n in loaded.notes)
     e = loaded.model.encoder
     from ami_edge.export.models.layers import sincos_table
     torch.testing.assert_close(e.pos_embed, sincos_table(48, (4, 6, 6), uniform_power=True))
@@ -274,4 +280,70 @@ def test_malformed_predictor_is_a_clear_error(tmp_path):
     enc = _sub(_vjepa1_model(23).state_dict(), "encoder.")
     f = _official_file(tmp_path / "odd.pt", {"target_encoder": enc, "predictor": {"head.weight": torch.ones(2)}})
     with pytest.raises(CheckpointError, match="predictor has no 'predictor_embed.weight'"):
+        load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4))
+
+
+def test_table_grid_is_read_from_content_not_shape(tmp_path):
+    """8 x 4 x 4 = 2 x 8 x 8 rows: the shape is ambiguous, the sincos content is not (V-JEPA ViT-H/16-384 case)."""
+    cfg = JEPAConfig(family="vjepa", encoder=EncoderConfig(img_size=(32, 32), patch_size=8, num_frames=16,
+                                                           embed_dim=48, depth=1, num_heads=4, uniform_power=True))
+    model = randomize(JEPAModel(cfg), seed=24)
+    f = _official_file(tmp_path / "v.pt", {"target_encoder": _sub(model.state_dict(), "encoder.")})
+    loaded = load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4))
+    assert loaded.config.encoder.grid == (8, 4, 4) and loaded.config.encoder.img_size == (32, 32)
+    assert loaded.config.encoder.uniform_power
+
+
+def test_single_step_video_uses_the_3d_table():
+    from ami_edge.export.models.layers import sincos_table
+
+    from .test_models import _official_1d
+
+    dim, s = 48, 3
+    gh, gd, gw = np.meshgrid(np.arange(s, dtype=float), np.arange(1, dtype=float), np.arange(s, dtype=float))
+    ref = np.concatenate([_official_1d(24, gd), _official_1d(12, gh), _official_1d(12, gw)], axis=1)
+    np.testing.assert_allclose(sincos_table(dim, (1, s, s), video=True)[0].numpy(), ref, atol=1e-6)
+
+
+def test_different_target_and_ema_encoders_need_a_choice(tmp_path):
+    a = _sub(_vjepa1_model(25).state_dict(), "encoder.")
+    b = {k: v if k == "pos_embed" else v + 1 for k, v in a.items()}
+    f = _official_file(tmp_path / "both.pt", {"target_encoder": a, "ema_encoder": b})
+    with pytest.raises(CheckpointError, match="pass --checkpoint-key"):
+        load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4))
+    loaded = load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4, checkpoint_key="ema_encoder"))
+    torch.testing.assert_close(loaded.model.encoder.blocks[0].norm1.weight, b["blocks.0.norm1.weight"])
+    f = _official_file(tmp_path / "same.pt", {"target_encoder": a, "ema_encoder": a})
+    assert load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4)).notes[0].endswith("'target_encoder'")
+
+
+def test_hf_directory_problems_are_one_line_errors(tmp_path, hf_ijepa):
+    path, _ = hf_ijepa
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_checkpoint(path / "config.json", family="hf")
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    (bad / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
+        load_checkpoint(bad)
+    (bad / "config.json").write_text("{nope")
+    with pytest.raises(CheckpointError, match="cannot be read as JSON"):
+        load_checkpoint(bad, family="hf")
+    shutil.copy(path / "config.json", bad / "config.json")
+    weights = next(bad.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="weights cannot be read"):
+        load_checkpoint(bad)
+    config = json.loads((path / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(dict(config, patch_size=[8, 8])))
+    shutil.copy(next(path.glob("*.safetensors")), weights)
+    with pytest.raises(CheckpointError, match="value this loader cannot use"):
+        load_checkpoint(bad)
+
+
+def test_unnumbered_blocks(tmp_path):
+    enc = _sub(_vjepa1_model(26).state_dict(), "encoder.")
+    enc["blocks.a.norm1.weight"] = torch.ones(48)
+    f = _official_file(tmp_path / "odd.pt", {"target_encoder": enc})
+    with pytest.raises(CheckpointError, match="not numbered blocks"):
         load_checkpoint(f, family="vjepa", opts=LoadOptions(num_heads=4))

@@ -128,7 +128,11 @@ def _fmt(keys: list[str], limit: int = 12) -> str:
 
 def count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
     """Number of `prefix{i}.` blocks in a state dict."""
-    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
+    try:
+        idx = {int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)}
+    except ValueError:
+        raise CheckpointError(f"keys under '{prefix}' are not numbered blocks: "
+                              f"{sorted(k for k in sd if k.startswith(prefix))[:4]}") from None
     if idx and idx != set(range(len(idx))):
         raise CheckpointError(f"blocks under '{prefix}' are not numbered 0..{len(idx) - 1}: {sorted(idx)}")
     return len(idx)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ami_edge.errors import CheckpointError, require
+from ami_edge.errors import CheckpointError, ConfigError, MissingExtraError, require
 
 from ..models import JEPAModel
 from ..models.config import EncoderConfig, JEPAConfig, PredictorConfig
@@ -32,16 +32,34 @@ def _is_hf_dir(path: Path) -> bool:
 def read_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF directory: model.safetensors, sharded safetensors, or pytorch_model.bin."""
     files = sorted(path.glob("*.safetensors"))
-    if files:
-        safetensors_torch = require("safetensors.torch", "export", "Reading Hugging Face safetensors")
-        sd: dict[str, torch.Tensor] = {}
-        for f in files:
-            sd.update(safetensors_torch.load_file(str(f)))
-        return sd
     binary = path / "pytorch_model.bin"
-    if binary.is_file():
+    if not files and not binary.is_file():
+        raise CheckpointError(f"{path} has config.json but no *.safetensors or pytorch_model.bin weights")
+    try:
+        if files:
+            safetensors_torch = require("safetensors.torch", "export", "Reading Hugging Face safetensors")
+            sd: dict[str, torch.Tensor] = {}
+            for f in files:
+                sd.update(safetensors_torch.load_file(str(f)))
+            return sd
         return torch.load(binary, map_location="cpu", weights_only=True)
-    raise CheckpointError(f"{path} has config.json but no *.safetensors or pytorch_model.bin weights")
+    except MissingExtraError:
+        raise
+    except Exception as exc:  # SafetensorError, unpickling errors, truncated files
+        raise CheckpointError(f"{path}: the weights cannot be read ({str(exc).strip().splitlines()[0]}); "
+                              "the download may be incomplete") from exc
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; --family hf expects a Hugging Face model directory")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} cannot be read as JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'} must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 def _cfg(config: dict[str, Any], key: str, path: Path) -> Any:
@@ -82,7 +100,7 @@ def _vjepa2(config: dict[str, Any], sd: dict[str, torch.Tensor], path: Path, opt
     crop = int(_cfg(config, "crop_size", path))
     enc = EncoderConfig(
         img_size=opts.resolution or (crop, crop), patch_size=int(_cfg(config, "patch_size", path)),
-        num_frames=opts.frames or int(_cfg(config, "frames_per_clip", path)),
+        num_frames=opts.frames or min(int(_cfg(config, "frames_per_clip", path)), 16),  # 16: the usual clip
         tubelet_size=int(_cfg(config, "tubelet_size", path)), in_chans=int(config.get("in_chans", 3)),
         embed_dim=int(_cfg(config, "hidden_size", path)), depth=int(_cfg(config, "num_hidden_layers", path)),
         num_heads=int(_cfg(config, "num_attention_heads", path)), mlp_ratio=float(config.get("mlp_ratio", 4.0)),
@@ -155,8 +173,10 @@ def _ijepa(config: dict[str, Any], sd: dict[str, torch.Tensor], path: Path, opts
 
 @register_loader("hf", _is_hf_dir)
 def load_hf(path: Path, opts: LoadOptions) -> LoadedModel:
-    config = json.loads((path / "config.json").read_text())
+    config = read_hf_config(path)
     archs = config.get("architectures") or []
+    if not isinstance(archs, list):
+        archs = []
     family = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
     if family is None:
         family = {"vjepa2": "vjepa2", "ijepa": "ijepa"}.get(config.get("model_type", ""))
@@ -170,6 +190,11 @@ def load_hf(path: Path, opts: LoadOptions) -> LoadedModel:
     for k in ignored:
         sd.pop(k)
     _check_act(config, path)
-    model = (_vjepa2 if family == "vjepa2" else _ijepa)(config, sd, path, opts)
+    try:
+        model = (_vjepa2 if family == "vjepa2" else _ijepa)(config, sd, path, opts)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, (CheckpointError, ConfigError)):
+            raise
+        raise CheckpointError(f"{path / 'config.json'} has a value this loader cannot use ({exc})") from exc
     return LoadedModel(model=model, loader=f"hf:{family}", source=str(path), source_sha256=sha256_path(path),
                        ignored_keys=ignored)

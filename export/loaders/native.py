@@ -60,9 +60,9 @@ def load_native(path: Path, opts: LoadOptions) -> LoadedModel:
         cfg = JEPAConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, json.JSONDecodeError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: metadata 'config' is missing or invalid ({exc})") from exc
-    if opts.resolution or opts.frames or opts.num_heads:
+    if opts.resolution or opts.frames or opts.num_heads or opts.pred_num_heads or opts.checkpoint_key:
         raise CheckpointError(f"{path}: a native checkpoint carries its own config; drop --resolution/--frames/"
-                              "--num-heads")
+                              "--num-heads/--pred-num-heads/--checkpoint-key")
     safetensors_torch = require("safetensors.torch", "export", "Reading safetensors checkpoints")
     model = JEPAModel(cfg)
     load_strict(model, safetensors_torch.load_file(str(path)), f"native checkpoint {path}")

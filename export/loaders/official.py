@@ -25,7 +25,7 @@ SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 # Tables that released RoPE checkpoints carry but never use; ignored by name and reported.
 UNUSED_WITH_ROPE = {"encoder": "pos_embed", "predictor": "predictor_pos_embed"}
 # Default frames per clip when a RoPE checkpoint gives no hint (V-JEPA 2 released models: 64 frames pretraining,
-# 16 frames is the common inference clip).
+# 16 frames is the common inference clip). The 2-AC world model encodes one frame at a time (a duplicated tubelet).
 DEFAULT_VIDEO_FRAMES = 16
 
 
@@ -35,7 +35,12 @@ def _is_official(path: Path) -> bool:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-map: a ViT-g training checkpoint holds several copies of a 4 GB model
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as exc:  # an unpickling error for refused objects, RuntimeError/EOFError for damaged files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} cannot be loaded with torch.load(weights_only=True): {reason}. Only "
@@ -64,9 +69,12 @@ def pick_encoder(ckpt: dict[str, Any], path: Path, key: str | None) -> tuple[str
         if key not in ckpt:
             raise CheckpointError(f"{path} has no key '{key}'; top-level keys: {sorted(ckpt)}")
         return key, _state_dict(ckpt[key], f"{path}['{key}']")
-    for k in ENCODER_KEYS:
-        if k in ckpt:
-            return k, _state_dict(ckpt[k], f"{path}['{k}']")
+    present = [k for k in ENCODER_KEYS if k in ckpt]
+    if {"target_encoder", "ema_encoder"} <= set(present) and not _same(ckpt["target_encoder"], ckpt["ema_encoder"]):
+        raise CheckpointError(f"{path} holds different 'target_encoder' and 'ema_encoder' weights; pass "
+                              "--checkpoint-key (the V-JEPA 2.1 distilled ViT-B/L releases use ema_encoder)")
+    for k in present:
+        return k, _state_dict(ckpt[k], f"{path}['{k}']")
     if any(isinstance(v, torch.Tensor) for v in ckpt.values()):
         sd = strip_prefixes({k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)})
         if "patch_embed.proj.weight" in sd:
@@ -75,15 +83,35 @@ def pick_encoder(ckpt: dict[str, Any], path: Path, key: str | None) -> tuple[str
                           f"{sorted(ckpt)}); pass --checkpoint-key")
 
 
-def table_grid(n: int, is_video: bool, patch: int, resolution: tuple[int, int] | None, path: Path
-               ) -> tuple[int, int]:
-    """(side, T') of a square sincos table with n rows: the given resolution, else 224 px, else the largest fit."""
-    sides = [resolution[0] // patch] if resolution else [224 // patch, *range(64, 0, -1)]
-    for side in sides:
-        if side and n % (side * side) == 0 and (is_video or n == side * side):
-            return side, n // (side * side)
-    raise CheckpointError(f"{path}: pos_embed has {n} rows, which fits no square token grid"
-                          + (f" at --resolution {resolution}" if resolution else "") + "; pass --resolution")
+def _same(a: Any, b: Any) -> bool:
+    if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
+        return False
+    return all(isinstance(a[k], torch.Tensor) and isinstance(b[k], torch.Tensor) and a[k].shape == b[k].shape
+               and torch.equal(a[k], b[k]) for k in a)
+
+
+def table_grid(table: torch.Tensor, video: bool, path: Path) -> tuple[int, int, bool | None]:
+    """(T', side, uniform_power) of a square position table; uniform_power is None when it is not sincos.
+
+    Video shapes are ambiguous (8 x 24 x 24 = 2 x 48 x 48 rows), so every factorisation is compared with the
+    formula and the one that reproduces the table wins. A table that matches none (learned) is accepted only
+    when its shape allows a single grid.
+    """
+    n, dim = table.shape[1], table.shape[2]
+    table = table.float()
+    candidates = []
+    for steps in (range(1, n + 1) if video else [1]):
+        side = int(round((n / steps) ** 0.5))
+        if steps * side * side == n:
+            candidates.append((steps, side))
+    for steps, side in candidates:
+        for uniform in ((False, True) if video else (False,)):
+            if torch.allclose(sincos_table(dim, (steps, side, side), uniform, video), table, atol=1e-5):
+                return steps, side, uniform
+    if len(candidates) == 1:
+        return candidates[0][0], candidates[0][1], None
+    raise CheckpointError(f"{path}: pos_embed ({n} x {dim}) is not a standard sincos table, and its shape fits "
+                          f"several grids {candidates[:4]}; pass --resolution and --frames of the checkpoint")
 
 
 def vjepa21_encoder(sd: dict[str, torch.Tensor]) -> bool:
@@ -91,7 +119,8 @@ def vjepa21_encoder(sd: dict[str, torch.Tensor]) -> bool:
     return "norms_block.0.weight" in sd
 
 
-def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, path: Path) -> EncoderConfig:
+def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, path: Path,
+                  default_frames: int = 16) -> EncoderConfig:
     w = _need(sd, "patch_embed.proj.weight", "encoder", path)
     width = w.shape[0]
     depth = count_blocks(sd, "blocks.")
@@ -102,20 +131,27 @@ def infer_encoder(sd: dict[str, torch.Tensor], family: str, opts: LoadOptions, p
     pos = sd.get("pos_embed")
     use_rope = family == "vjepa2"
     resolution, frames = opts.resolution, opts.frames
-    if not use_rope and pos is not None and (resolution is None or (is_video and frames is None)):
-        side, steps = table_grid(pos.shape[1], is_video, patch, resolution, path)
+    uniform = False
+    if not is_video and frames not in (None, 1):
+        raise CheckpointError(f"{path}: --frames {frames} does not apply to an image encoder (Conv2d patches)")
+    if not use_rope and pos is not None:
+        steps, side, table_kind = table_grid(pos, is_video, path)
+        uniform = bool(table_kind)
         resolution = resolution or (side * patch, side * patch)
         frames = frames or steps * tubelet
     v21 = vjepa21_encoder(sd)
     resolution = resolution or ((384, 384) if v21 else (256, 256) if use_rope else (224, 224))
-    frames = (frames or DEFAULT_VIDEO_FRAMES) if is_video else 1
-    extra = {}
+    frames = (frames or default_frames) if is_video else 1
+    if is_video and frames < tubelet and not (v21 and "patch_embed_img.proj.weight" in sd):
+        raise CheckpointError(f"{path}: --frames {frames} is shorter than the tubelet ({tubelet}); export "
+                              f"--frames {tubelet} and repeat a single image {tubelet} times, as V-JEPA does")
+    extra: dict[str, Any] = {"uniform_power": uniform}
     if v21:
         if frames == 1 and "patch_embed_img.proj.weight" not in sd:
             raise CheckpointError(f"{path}: this V-JEPA 2.1 encoder has no image patch embedding; use --frames >= 2")
         # The hub builds 2.1 encoders with interpolate_rope=True: positions map onto the 256 px (patch 16) or
         # 252 px (patch 14) pretraining grid.
-        extra = dict(rope_layout="interleaved", rope_ref_grid=(252 if patch == 14 else 256) // patch,
+        extra.update(rope_layout="interleaved", rope_ref_grid=(252 if patch == 14 else 256) // patch,
                      output_norms=count_blocks(sd, "norms_block."), modality_embed="video_mod_embed" in sd,
                      image_patch_embed="patch_embed_img.proj.weight" in sd)
     try:
@@ -148,32 +184,20 @@ def detect_family(enc_key: str, enc: dict[str, torch.Tensor], pred: dict[str, to
 
 def _fit_table(sd: dict[str, torch.Tensor], key: str, dim: int, cfg: EncoderConfig, notes: list[str],
                path: Path) -> None:
-    """Use the checkpoint's sincos table, or regenerate it exactly when exporting at another resolution/frames.
+    """Keep the checkpoint's sincos table, or rebuild it from the formula for another resolution / frame count.
 
-    Regeneration is exact (not an interpolation) once the table is shown to be a standard sincos table: the
-    checkpoint's table must equal our formula, with or without `uniform_power`, on some square grid.
+    The official code interpolates the table instead (trilinear / bicubic), so at a non-native size this export
+    follows the formula exactly but not the official interpolation; the note says so.
     """
-    table = sd[key].float()
-    if tuple(table.shape) == (1, cfg.num_tokens, dim):
-        if key == "pos_embed" and torch.allclose(sincos_table(dim, cfg.grid, True), table, atol=1e-5):
-            cfg.uniform_power = True  # V-JEPA 1 configs use uniform_power; record it in the manifest's config
+    if tuple(sd[key].shape) == (1, cfg.num_tokens, dim):
         return
-    n = table.shape[1]
-    for uniform in (False, True):
-        for steps in range(1, n + 1) if cfg.is_video else [1]:
-            side = int(round((n // steps) ** 0.5))
-            if steps * side * side != n:
-                continue
-            if torch.allclose(sincos_table(dim, (steps, side, side), uniform), table, atol=1e-5):
-                sd[key] = sincos_table(dim, cfg.grid, uniform)
-                if key == "pos_embed":
-                    cfg.uniform_power = uniform
-                notes.append(f"{key}: sincos table regenerated for grid {list(cfg.grid)} "
-                             f"(checkpoint grid [{steps}, {side}, {side}], uniform_power={uniform})")
-                return
-    raise CheckpointError(f"{path}: {key} has shape {tuple(table.shape)}, the export grid {list(cfg.grid)} needs "
-                          f"(1, {cfg.num_tokens}, {dim}), and the table is not a standard sincos table to "
-                          "regenerate; export at the checkpoint's resolution and frames")
+    steps, side, uniform = table_grid(sd[key], cfg.is_video, path)
+    if uniform is None:
+        raise CheckpointError(f"{path}: {key} is a learned table for grid [{steps}, {side}, {side}]; it cannot be "
+                              f"rebuilt for grid {list(cfg.grid)}: export at the checkpoint's resolution and frames")
+    sd[key] = sincos_table(dim, cfg.grid, uniform, cfg.is_video)
+    notes.append(f"{key}: sincos table rebuilt from the formula for grid {list(cfg.grid)} (checkpoint grid "
+                 f"[{steps}, {side}, {side}]); the official code would interpolate the table instead")
 
 
 def infer_predictor(sd: dict[str, torch.Tensor], enc: EncoderConfig, family: str, opts: LoadOptions, path: Path
@@ -188,7 +212,8 @@ def infer_predictor(sd: dict[str, torch.Tensor], enc: EncoderConfig, family: str
         heads = opts.pred_num_heads or predictor_heads(width, AC_PREDICTOR_HEADS, "action-conditioned predictor")
         return ACPredictorConfig(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=fc1.shape[0] / width,
                                  qkv_bias=qkv_bias, action_dim=sd["action_encoder.weight"].shape[1],
-                                 state_dim=_need(sd, "state_encoder.weight", "predictor", path).shape[1])
+                                 state_dim=_need(sd, "state_encoder.weight", "predictor", path).shape[1],
+                                 normalize_context=True)
     if opts.pred_num_heads:
         heads = opts.pred_num_heads
     elif family == "vjepa2":
@@ -209,7 +234,10 @@ def load_official(path: Path, opts: LoadOptions, family: str = "auto") -> Loaded
     pred_sd = _state_dict(ckpt["predictor"], f"{path}['predictor']") if "predictor" in ckpt else None
     if family == "auto":
         family = detect_family(enc_key, enc_sd, pred_sd, path)
-    enc_cfg = infer_encoder(enc_sd, family, opts, path)
+    is_ac = pred_sd is not None and "action_encoder.weight" in pred_sd
+    # The 2-AC world model encodes each frame on its own (the frame repeated to fill one tubelet).
+    tubelet = enc_sd["patch_embed.proj.weight"].shape[2] if enc_sd["patch_embed.proj.weight"].dim() == 5 else 1
+    enc_cfg = infer_encoder(enc_sd, family, opts, path, default_frames=tubelet if is_ac else DEFAULT_VIDEO_FRAMES)
     if family == "ijepa" and enc_cfg.is_video:
         raise CheckpointError(f"{path}: --family ijepa but the encoder has video (Conv3d) patches")
     ignored: list[str] = []
@@ -236,6 +264,9 @@ def load_official(path: Path, opts: LoadOptions, family: str = "auto") -> Loaded
         cfg = infer_predictor(pred_sd, enc_cfg, family, opts, path)
         if isinstance(cfg, ACPredictorConfig):
             ac_cfg, prefix = cfg, "ac_predictor"
+            notes.append("V-JEPA 2-AC: encode one frame per step (repeat it to fill a tubelet); the ac_predictor "
+                         "graph layer-norms its context and output (official normalize_reps) and takes any "
+                         "number of steps")
         else:
             pred_cfg, prefix = cfg, "predictor"
             if rope and UNUSED_WITH_ROPE["predictor"] in pred_sd:

@@ -13,10 +13,13 @@ Keys match the official `VisionTransformerPredictorAC`: `predictor_embed`, `acti
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ACPredictorConfig, EncoderConfig
 from .layers import Block
+
+MASKED = -1e4
 
 
 class ACPredictor(nn.Module):
@@ -51,7 +54,8 @@ class ACPredictor(nn.Module):
         pos = tuple(p.reshape(1, 1, -1) for p in (t, h, w))
         step_of = t.reshape(-1)  # (N,) the step each token belongs to
         allowed = step_of.unsqueeze(1) >= step_of.unsqueeze(0)  # (N, N) query step >= key step
-        bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+        # A large finite negative rather than -inf: safe in fp16 / int8 engines; exp() of it is 0 in fp32 too.
+        bias = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, MASKED)
         return pos, bias
 
     def forward(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
@@ -68,6 +72,8 @@ class ACPredictor(nn.Module):
         _, gh, gw = self.enc.grid
         hw, c = gh * gw, self.cfg.cond_tokens
         B, T = actions.shape[0], actions.shape[1]
+        if self.cfg.normalize_context:  # official 2-AC world model: parameter-free layer norm of encoder tokens
+            context = F.layer_norm(context, (context.shape[-1],))
         x = self.predictor_embed(context).view(B, T, hw, -1)  # (B, T, H'W', d)
         cond = [self.action_encoder(actions).unsqueeze(2), self.state_encoder(states).unsqueeze(2)]  # (B, T, 1, d)
         if self.cfg.use_extrinsics:
@@ -79,4 +85,5 @@ class ACPredictor(nn.Module):
         for blk in self.predictor_blocks:
             x = blk(x, pos, bias)
         x = x.view(B, T, c + hw, -1)[:, :, c:].flatten(1, 2)  # drop conditioning tokens: (B, T*H'W', d)
-        return self.predictor_proj(self.predictor_norm(x))  # (B, T*H'W', D)
+        out = self.predictor_proj(self.predictor_norm(x))  # (B, T*H'W', D)
+        return F.layer_norm(out, (out.shape[-1],)) if self.cfg.normalize_context else out

@@ -132,6 +132,9 @@ class ACPredictorConfig:
     state_dim: int = 7
     use_extrinsics: bool = False
     norm_eps: float = 1e-6
+    # The official 2-AC world model layer-norms (no affine) the encoder tokens going in and the predictions coming
+    # out (`normalize_reps`); the graph does both when set, so a runtime feeds raw encoder tokens either way.
+    normalize_context: bool = False
 
     def __post_init__(self) -> None:
         _check_transformer("ac_predictor", "--pred-num-heads", self.embed_dim, self.depth, self.num_heads,
@@ -167,7 +170,12 @@ class JEPAConfig:
             unknown = sorted(set(value) - known)
             if unknown:
                 raise ConfigError(f"{kind.__name__} has unknown fields {unknown}; valid: {sorted(known)}")
-            return kind(**value)
+            try:
+                return kind(**value)
+            except (TypeError, ValueError, IndexError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{kind.__name__} has an invalid value ({exc})") from exc
 
         unknown = sorted(set(data) - {"family", "encoder", "predictor", "ac_predictor"})
         if unknown:

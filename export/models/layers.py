@@ -42,10 +42,12 @@ def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int, uniform_power: bo
     return emb[:, :dim]
 
 
-def sincos_table(dim: int, grid: tuple[int, int, int], uniform_power: bool = False) -> torch.Tensor:
-    """(1, N, dim) float32 table for a (T', H', W') grid; T' == 1 means an image model (2-D table)."""
+def sincos_table(dim: int, grid: tuple[int, int, int], uniform_power: bool = False, video: bool = True
+                 ) -> torch.Tensor:
+    """(1, N, dim) float32 table for a (T', H', W') grid: 3-D for video models (even when T' == 1, as the official
+    code does for a single tubelet), the I-JEPA 2-D table for image models."""
     t, h, w = grid
-    table = sincos_2d(dim, h, w) if t == 1 else sincos_3d(dim, t, h, w, uniform_power)
+    table = sincos_3d(dim, t, h, w, uniform_power) if video else sincos_2d(dim, h, w)
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
@@ -120,12 +122,10 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, N, hd)
         if self.rope is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
-        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
-        if attn_bias is not None:
-            att = att + attn_bias  # 0 where allowed, -inf where masked
-        att = F.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj(y)
+        # softmax(q k^T * scale + bias) v; SDPA avoids materialising (B, nh, N, N) in torch (4608-token clips),
+        # and the exporter still writes MatMul/Softmax, which TensorRT fuses.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)  # (B, nh, N, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))  # (B, N, C)
 
 
 class MLP(nn.Module):

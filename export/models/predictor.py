@@ -30,7 +30,7 @@ class Predictor(nn.Module):
             self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, 1, d)) for _ in range(cfg.num_mask_tokens))
         self.use_rope = enc.pos_embed == "rope"
         if not self.use_rope:
-            self.register_buffer("predictor_pos_embed", sincos_table(d, enc.grid, enc.uniform_power))
+            self.register_buffer("predictor_pos_embed", sincos_table(d, enc.grid, enc.uniform_power, enc.is_video))
         self.predictor_blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, self.use_rope, cfg.norm_eps)
             for _ in range(cfg.depth))

@@ -47,7 +47,7 @@ class VisionTransformer(nn.Module):
         self.use_rope = cfg.pos_embed == "rope"
         if not self.use_rope:
             # Fixed sincos table; a buffer saved in the state dict so released tables load (and are checked).
-            self.register_buffer("pos_embed", sincos_table(cfg.embed_dim, cfg.grid, cfg.uniform_power))
+            self.register_buffer("pos_embed", sincos_table(cfg.embed_dim, cfg.grid, cfg.uniform_power, cfg.is_video))
         interleaved = cfg.rope_layout == "interleaved"
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, self.use_rope, cfg.norm_eps, interleaved)

@@ -1,0 +1,1 @@
+"""The demo world model: training on the synthetic physics world and violation-of-expectation evaluation."""

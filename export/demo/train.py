@@ -1,0 +1,219 @@
+"""`ami-edge train-demo`: train the default JEPA world model on the synthetic world, on CPU, in minutes.
+
+Recipe (one encoder, SIGReg against collapse, see sigreg.py for why):
+- the encoder sees a clip of F frames (F/2 tubelet steps);
+- the predictor gets the tokens of the clip ending at frame t-2 and predicts the tokens of the step after it,
+  i.e. the last step of the clip ending at t (token ids one step past the clip: RoPE positions extrapolate);
+- the action-conditioned predictor does the same on pusher scenes, given per-step actions (mean velocity over the
+  tubelet) and states (position), trained on the clip's last step;
+- loss = smooth-L1(prediction, target tokens) + lambda * SIGReg(tokens). Targets keep their gradient (LeJEPA):
+  SIGReg, not a stop-gradient, is what rules out the constant solution.
+Collapse is watched, not assumed: per-dimension token std and effective rank are logged and stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ami_edge.errors import ConfigError
+
+from ..models import JEPAModel
+from ..models.config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
+from .data import Batch, WorldPool
+from .sigreg import effective_rank, sigreg
+
+
+def demo_model_config(image_size: int = 64, frames: int = 4) -> JEPAConfig:
+    """The shipped demo model: ~0.8 M parameters, small enough for 2 CPU cores and a < 5 MB package."""
+    enc = EncoderConfig(img_size=(image_size, image_size), patch_size=8, num_frames=frames, tubelet_size=2,
+                        embed_dim=96, depth=4, num_heads=4, pos_embed="rope", layout="BCTHW")
+    return JEPAConfig(family="native", encoder=enc,
+                      predictor=PredictorConfig(embed_dim=64, depth=3, num_heads=4, num_mask_tokens=1, mask_index=0),
+                      ac_predictor=ACPredictorConfig(embed_dim=64, depth=3, num_heads=4, action_dim=2, state_dim=2))
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 2000
+    batch: int = 24
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    sigreg_weight: float = 0.05
+    sigreg_tokens: int = 2048  # tokens sampled per step for SIGReg
+    image_size: int = 64
+    frames: int = 4
+    pool: int = 192  # running worlds
+    threads: int = 2
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "image_size", "frames", "pool", "threads", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train-demo: {name} must be > 0, got {getattr(self, name)}")
+        if self.frames % 2 or self.frames < 4:
+            raise ConfigError(f"train-demo: frames={self.frames} must be an even number >= 4 (tubelet 2)")
+        if self.batch > self.pool:
+            raise ConfigError(f"train-demo: batch={self.batch} cannot exceed pool={self.pool}")
+
+
+@dataclass
+class TrainResult:
+    model: JEPAModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def clip(frames: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """(B, W, C, H, W) window -> (B, C, T, H, W) clip of `length` frames from `start` (the encoder's layout)."""
+    return frames[:, start:start + length].permute(0, 2, 1, 3, 4)
+
+
+def step_ids(model: JEPAModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context ids (the whole clip) and target ids (the step right after the clip)."""
+    t, h, w = model.cfg.encoder.grid
+    n, hw = t * h * w, h * w
+    return torch.arange(n), torch.arange(n, n + hw)
+
+
+def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    f = cfg.frames
+    t, h, w = model.cfg.encoder.grid
+    hw = h * w
+    ctx_ids, tgt_ids = step_ids(model)
+    b = batch.frames.shape[0]
+    z_ctx = model.encoder(clip(batch.frames, 0, f))  # (B, N, D): frames [0, F)
+    z_tgt = model.encoder(clip(batch.frames, 2, f))  # (B, N, D): frames [2, F + 2)
+    target = z_tgt[:, -hw:]  # last step of the later clip = the step after the context clip
+    pred = model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1))  # (B, HW, D)
+    out = {"pred": F.smooth_l1_loss(pred, target)}
+    if batch.pusher.any():
+        rows = batch.pusher
+        acts = batch.actions[rows, :f].view(-1, t, 2, 2).mean(2)  # (B', T, 2) mean velocity per step
+        states = batch.states[rows, :f:2]  # (B', T, 2) position at each step's first frame
+        ac = model.ac_predictor(z_ctx[rows], acts, states)  # (B', T*HW, D) next-step predictions per step
+        out["ac"] = F.smooth_l1_loss(ac[:, -hw:], target[rows])
+    tokens = torch.cat([z_ctx, z_tgt]).flatten(0, 1)  # (2B*N, D)
+    pick = torch.randperm(tokens.shape[0], generator=gen)[: cfg.sigreg_tokens]
+    out["sigreg"] = sigreg(tokens[pick], generator=gen)
+    return out
+
+
+@torch.no_grad()
+def latent_health(model: JEPAModel, batch: Batch, cfg: TrainConfig) -> dict[str, float]:
+    """Collapse guards: per-dimension std of tokens and of pooled clip latents, and their effective ranks."""
+    z = model.encoder(clip(batch.frames, 0, cfg.frames))  # (B, N, D)
+    tokens = z.flatten(0, 1)
+    pooled = z.mean(1)
+    d = tokens.shape[1]
+    return {"token_std_min": float(tokens.std(0).min()), "token_std_mean": float(tokens.std(0).mean()),
+            "token_rank": effective_rank(tokens), "token_rank_frac": effective_rank(tokens) / d,
+            "pooled_rank": effective_rank(pooled), "dim": d}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
+    """Train the demo model. `progress(step, total, row)` is called every `log_every` steps (a progress bar)."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = JEPAModel(demo_model_config(cfg.image_size, cfg.frames))
+    _init(model, gen)
+    pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2)
+    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2).sample(cfg.batch)
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    result = TrainResult(model)
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        model.train()
+        parts = losses(model, pool.sample(cfg.batch), cfg, gen)
+        loss = parts["pred"] + parts.get("ac", 0.0) + cfg.sigreg_weight * parts["sigreg"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            model.eval()
+            row = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "seconds": time.perf_counter() - start}
+            row.update({k: float(v) for k, v in parts.items()})
+            with torch.no_grad():
+                held = losses(model, held_out, cfg, gen)
+            row.update({f"val_{k}": float(v) for k, v in held.items()})
+            row.update(latent_health(model, held_out, cfg))
+            result.history.append(row)
+            if progress is not None:
+                progress(step + 1, cfg.steps, row)
+    model.eval()
+    last = result.history[-1]
+    result.metrics = {"train_seconds": round(time.perf_counter() - start, 1), "steps": cfg.steps,
+                      "val_pred": last["val_pred"], "val_ac": last.get("val_ac"), "token_rank": last["token_rank"],
+                      "token_rank_frac": last["token_rank_frac"], "token_std_min": last["token_std_min"],
+                      "token_std_mean": last["token_std_mean"], "recipe": asdict(cfg)}
+    return result
+
+
+def _init(model: JEPAModel, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.copy_((torch.randn(p.shape, generator=gen) * 0.02).clamp_(-0.04, 0.04))
+            elif name.endswith("bias"):
+                p.zero_()
+            elif "mask_token" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+def save_history(history: list[dict[str, float]], out: Path) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    """Loss and collapse metrics over training, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key, label in (("val_pred", "prediction (held-out)"), ("val_ac", "action-conditioned (held-out)"),
+                       ("sigreg", "SIGReg")):
+        if key in history[-1]:
+            axes[0].plot(steps, [r.get(key, float("nan")) for r in history], label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_title("losses")
+    axes[0].legend()
+    axes[1].plot(steps, [r["token_rank_frac"] for r in history], label="token effective rank / dim")
+    axes[1].axhline(0.25, color="grey", linestyle="--", label="25 % floor")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("collapse guard: effective rank")
+    axes[1].legend()
+    axes[2].plot(steps, [r["token_std_min"] for r in history], label="min per-dim std")
+    axes[2].plot(steps, [r["token_std_mean"] for r in history], label="mean per-dim std")
+    axes[2].set_title("collapse guard: token std")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
