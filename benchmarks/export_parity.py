@@ -60,11 +60,11 @@ def vjepa2_vitl(tmp: Path) -> tuple[Path, list[str]]:
 def vjepa2_ac(tmp: Path) -> tuple[Path, list[str]]:
     # The released AC model pairs a ViT-g encoder with this predictor; a ViT-L encoder keeps the run in memory.
     cfg = dataclasses.replace(preset_config("vjepa2-ac-vitg"),
-                              encoder=dataclasses.replace(preset_config("vjepa2-vitl").encoder, num_frames=8))
+                              encoder=dataclasses.replace(preset_config("vjepa2-vitl").encoder, num_frames=2))
     m = _random(JEPAModel(cfg), 2)
     path = tmp / "vjepa2-ac.pt"
     _save_official(path, {"encoder": _split(m, "encoder"), "predictor": _split(m, "ac_predictor")}, "module.")
-    return path, ["--resolution", "256", "--frames", "8"]
+    return path, ["--resolution", "256"]  # per-frame encoding (frames = tubelet) is the AC default
 
 
 def vjepa1_vitl(tmp: Path) -> tuple[Path, list[str]]:

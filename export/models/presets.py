@@ -83,9 +83,9 @@ def _vjepa2(width: int, depth: int, heads: int, mlp_ratio: float = 4.0, size: in
     or the 2-AC predictor 1024 x 24 (16 heads)."""
     enc = EncoderConfig(img_size=(size, size), patch_size=16, num_frames=frames, tubelet_size=2, embed_dim=width,
                         depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, pos_embed="rope")
-    if ac:
-        return JEPAConfig(family="vjepa2", encoder=enc, ac_predictor=ACPredictorConfig(embed_dim=1024, depth=24,
-                                                                                      num_heads=16))
+    if ac:  # the 2-AC world model encodes one frame per step and layer-norms tokens around the predictor
+        return JEPAConfig(family="vjepa2", encoder=enc, ac_predictor=ACPredictorConfig(
+            embed_dim=1024, depth=24, num_heads=16, normalize_context=True))
     return JEPAConfig(family="vjepa2", encoder=enc, predictor=PredictorConfig(embed_dim=384, depth=12, num_heads=12,
                                                                               num_mask_tokens=10))
 
@@ -96,7 +96,7 @@ PRESETS.update({
     "vjepa2-vith": lambda: _vjepa2(1280, 32, 16),
     "vjepa2-vitg": lambda: _vjepa2(1408, 40, 22, 48 / 11),
     "vjepa2-vitg-384": lambda: _vjepa2(1408, 40, 22, 48 / 11, size=384),
-    "vjepa2-ac-vitg": lambda: _vjepa2(1408, 40, 22, 48 / 11, frames=8, ac=True),
+    "vjepa2-ac-vitg": lambda: _vjepa2(1408, 40, 22, 48 / 11, frames=2, ac=True),
 })
 
 
