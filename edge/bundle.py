@@ -189,6 +189,7 @@ class Manifest:
     parity: dict[str, Any]
     provenance: dict[str, Any]
     model: dict[str, Any] = field(default_factory=dict)  # the JEPA config, to rebuild the torch model
+    training: dict[str, Any] = field(default_factory=dict)  # recipe, seed and metrics of bundles trained here
 
     @classmethod
     def parse(cls, data: Any, file: Path) -> Manifest:
@@ -222,7 +223,8 @@ class Manifest:
             raise BundleError(f"{file}: field 'name' must be printable text")
         return cls(schema_version=version, name=name, family=r.choice("family", FAMILIES), input=inp,
                    latent=latent, graphs=graphs, parity=parity, provenance=r.get("provenance", dict),
-                   model=r.get("model", dict, optional=True) or {})
+                   model=r.get("model", dict, optional=True) or {},
+                   training=r.get("training", dict, optional=True) or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,8 +39,8 @@ def command(name: str, help: str, run: Callable[[argparse.Namespace], int]):
     return wrap
 
 
-def lazy(module: str, extra: str) -> Callable[[argparse.Namespace], int]:
-    """A `run` that imports `module` (which needs `extra`) only when the command runs."""
+def lazy(module: str, extra: str, func: str = "run") -> Callable[[argparse.Namespace], int]:
+    """A `run` that imports `module` (which needs `extra`) only when the command runs, then calls `func`."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -49,7 +49,7 @@ def lazy(module: str, extra: str) -> Callable[[argparse.Namespace], int]:
             missing = exc.name or "a dependency"
             raise MissingExtraError(f"`ami-edge {args.command}` needs {missing}, which is not installed: "
                                     f"pip install 'ami-edge[{extra}]'") from exc
-        return impl.run(args)
+        return getattr(impl, func)(args)
 
     return run
 
@@ -100,6 +100,27 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max abs difference ONNX Runtime vs torch before export fails (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and of preset weights")
+
+
+@command("train-demo", "train the default JEPA world model on the built-in synthetic world (CPU, minutes)",
+         run=lazy("ami_edge.export.demo.cli", "export", "train_demo"))
+def _configure_train_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="build/demo", help="directory for the checkpoint, plot, history and bundle "
+                                                     "(default: build/demo)")
+    p.add_argument("--steps", type=_positive_int, default=1200, help="training steps (default 1200, ~15 min)")
+    p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the weights and the data order")
+    p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--eval-pairs", type=int, default=40,
+                   help="VoE clip pairs per violation type for the final evaluation (0 skips it)")
+
+
+@command("eval-voe", "violation-of-expectation evaluation of a bundle's surprise (ROC-AUC per violation type)",
+         run=lazy("ami_edge.export.demo.cli", "export", "eval_voe"))
+def _configure_eval_voe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
+    p.add_argument("--pairs", type=_positive_int, default=40, help="clip pairs per violation type (default 40)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))

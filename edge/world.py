@@ -81,6 +81,7 @@ class World:
     bodies: list[Body] = field(default_factory=list)
     t: float = 0.0
     step_index: int = 0
+    contacts: list[tuple[int, int, int]] = field(default_factory=list)  # (step, i, j) of every collision impulse
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.cfg.seed)
@@ -155,7 +156,7 @@ class World:
 
     def _collide(self) -> None:
         for i, a in enumerate(self.bodies):
-            for b in self.bodies[i + 1:]:
+            for j, b in enumerate(self.bodies[i + 1:], start=i + 1):
                 if a.ghost or b.ghost or not (a.visible and b.visible):
                     continue
                 hit = _contact(a, b)
@@ -169,9 +170,10 @@ class World:
                 b.pos = b.pos + normal * depth * b.inv_mass / inv
                 closing = float(np.dot(b.vel - a.vel, normal))
                 if closing < 0:  # approaching: elastic impulse (restitution 1)
-                    j = -2.0 * closing / inv
-                    a.vel = a.vel - normal * j * a.inv_mass
-                    b.vel = b.vel + normal * j * b.inv_mass
+                    impulse = -2.0 * closing / inv
+                    a.vel = a.vel - normal * impulse * a.inv_mass
+                    b.vel = b.vel + normal * impulse * b.inv_mass
+                    self.contacts.append((self.step_index, i, j))
 
     # ------------------------------------------------------------------------------------------- violations
     def violate(self, kind: str, index: int) -> None:
@@ -191,6 +193,17 @@ class World:
             b.ghost = True
 
     # ---------------------------------------------------------------------------------------------- rendering
+    def in_view(self, index: int) -> bool:
+        """Body `index` is drawn and not hidden by the occluder (centre test) in the current view."""
+        b = self.bodies[index]
+        x = b.pos[0] - self.view_offset()
+        if not b.visible or not (b.size < x < 1.0 - b.size):
+            return False
+        if self.occluder is None:
+            return True
+        x0, y0, x1, y1 = self.occluder
+        return not (x0 - b.size < x < x1 + b.size and y0 - b.size < b.pos[1] < y1 + b.size)
+
     def view_offset(self) -> float:
         if not self.cfg.pan:
             return 0.0

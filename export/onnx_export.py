@@ -241,7 +241,7 @@ def bundle_out_path(out: str | Path) -> Path:
 def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,
                   opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                   name: str | None = None, on_stage: Callable[[str], None] | None = None,
-                  external_data_above: int = EXTERNAL_DATA_ABOVE) -> Bundle:
+                  external_data_above: int = EXTERNAL_DATA_ABOVE, training: dict[str, Any] | None = None) -> Bundle:
     """Export `loaded` to `out` (a NAME.amiedge directory) and verify ONNX Runtime against torch.
 
     Args:
@@ -254,6 +254,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         name: bundle name (default: the directory name).
         on_stage: called with a short description as each stage starts (progress display).
         external_data_above: weight bytes above which a graph stores its weights in an external data file.
+        training: recipe, seed and metrics to record in the manifest (models trained by ami-edge).
     Returns:
         The written, re-verified Bundle.
     Raises:
@@ -293,6 +294,8 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
             if data is not None:
                 manifest_graphs[plan.name].update(data_file=data.name, data_sha256=sha256_file(data))
         manifest = _manifest(loaded, name, manifest_graphs, parity, seed, opset)
+        if training:
+            manifest["training"] = training
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         bundle = load_bundle(tmp)  # the runtime's own reader must accept what we wrote
     except BaseException:

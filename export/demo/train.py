@@ -154,8 +154,8 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
         opt.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             model.eval()
-            row = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "seconds": time.perf_counter() - start}
-            row.update({k: float(v) for k, v in parts.items()})
+            row = {"step": step, "loss": loss.item(), "lr": lr_at(step, cfg), "seconds": time.perf_counter() - start}
+            row.update({k: v.item() for k, v in parts.items()})
             with torch.no_grad():
                 held = losses(model, held_out, cfg, gen)
             row.update({f"val_{k}": float(v) for k, v in held.items()})

@@ -1,0 +1,56 @@
+"""The demo world model pipeline at CI size: train-demo -> checkpoint, plot, bundle with recipe; eval-voe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ami_edge import load_bundle
+from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc
+
+from .conftest import run_cli
+
+
+def test_train_demo_then_eval_voe(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("train-demo", "--steps", "4", "--batch", "4", "--out", str(out), "--eval-pairs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr
+    for name in ("demo.safetensors", "training.png", "history.json"):
+        assert (out / name).is_file()
+    bundle = load_bundle(out / "default.amiedge")
+    t = bundle.manifest.training
+    assert t["recipe"]["seed"] == 0 and t["steps"] == 4 and 0 < t["token_rank_frac"] <= 1
+    assert set(t["voe"]) == set(KINDS) and all(0 <= r["auc"] <= 1 for r in t["voe"].values())
+    assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
+    history = json.loads((out / "history.json").read_text())
+    assert [r["step"] for r in history][-1] == 3
+    proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == set(KINDS)
+
+
+def test_training_is_reproducible_from_its_seed():
+    from ami_edge.export.demo.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=2, batch=4, pool=8, log_every=1, threads=1)
+    a, b = train(cfg), train(cfg)
+    for k, v in a.model.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), b.model.state_dict()[k].numpy())
+    assert a.history == [{**r, "seconds": a.history[i]["seconds"]} for i, r in enumerate(b.history)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_violation_pairs_differ_only_from_the_violation_on(kind):
+    pair = next(p for s in range(1_000_000, 1_000_050) if (p := make_pair(kind, s, length=30, size=48)))
+    assert pair.normal.shape == pair.violating.shape == (30, 48, 48, 3)
+    np.testing.assert_array_equal(pair.normal[:pair.frame], pair.violating[:pair.frame])
+    assert np.abs(pair.normal[pair.frame + 2:].astype(int) - pair.violating[pair.frame + 2:]).sum() > 0
+
+
+def test_roc_auc():
+    assert roc_auc(np.array([3, 4]), np.array([1, 2])) == 1.0
+    assert roc_auc(np.array([1, 2]), np.array([3, 4])) == 0.0
+    assert roc_auc(np.array([1, 1]), np.array([1, 1])) == 0.5
