@@ -13,6 +13,7 @@ Collapse is watched, not assumed: per-dimension token std and effective rank are
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -49,7 +50,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 100
     sigreg_weight: float = 0.05
-    sigreg_tokens: int = 2048  # tokens sampled per step for SIGReg
+    sigreg_tokens: int = 2048  # tokens sampled per step for the anti-collapse term
+    target: str = "shared"  # "shared": targets from the same encoder, with gradient (LeJEPA); "ema": V-JEPA teacher
+    ema: float = 0.99
+    regularizer: str = "sigreg"  # "sigreg" or "vicreg" (per-dimension std hinge + covariance)
     image_size: int = 64
     frames: int = 4
     pool: int = 192  # running worlds
@@ -64,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"train-demo: frames={self.frames} must be an even number >= 4 (tubelet 2)")
         if self.batch > self.pool:
             raise ConfigError(f"train-demo: batch={self.batch} cannot exceed pool={self.pool}")
+        if self.target not in ("shared", "ema") or self.regularizer not in ("sigreg", "vicreg"):
+            raise ConfigError("train-demo: target must be shared|ema and regularizer sigreg|vicreg")
 
 
 @dataclass
@@ -85,14 +91,28 @@ def step_ids(model: JEPAModel) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(n), torch.arange(n, n + hw)
 
 
-def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def vicreg(z: torch.Tensor) -> torch.Tensor:
+    """Variance hinge (every dimension's std >= 1) plus off-diagonal covariance: a direct effective-rank guard."""
+    z = z - z.mean(0)
+    std = torch.sqrt(z.var(0) + 1e-4)
+    cov = (z.T @ z) / (z.shape[0] - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    return torch.relu(1 - std).mean() + (off**2).sum() / z.shape[1]
+
+
+def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generator,
+           teacher: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     f = cfg.frames
     t, h, w = model.cfg.encoder.grid
     hw = h * w
     ctx_ids, tgt_ids = step_ids(model)
     b = batch.frames.shape[0]
     z_ctx = model.encoder(clip(batch.frames, 0, f))  # (B, N, D): frames [0, F)
-    z_tgt = model.encoder(clip(batch.frames, 2, f))  # (B, N, D): frames [2, F + 2)
+    if teacher is None:
+        z_tgt = model.encoder(clip(batch.frames, 2, f))  # (B, N, D): frames [2, F + 2)
+    else:
+        with torch.no_grad():
+            z_tgt = teacher(clip(batch.frames, 2, f))
     target = z_tgt[:, -hw:]  # last step of the later clip = the step after the context clip
     pred = model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1))  # (B, HW, D)
     out = {"pred": F.smooth_l1_loss(pred, target)}
@@ -102,9 +122,9 @@ def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generato
         states = batch.states[rows, :f:2]  # (B', T, 2) position at each step's first frame
         ac = model.ac_predictor(z_ctx[rows], acts, states)  # (B', T*HW, D) next-step predictions per step
         out["ac"] = F.smooth_l1_loss(ac[:, -hw:], target[rows])
-    tokens = torch.cat([z_ctx, z_tgt]).flatten(0, 1)  # (2B*N, D)
+    tokens = (torch.cat([z_ctx, z_tgt]) if teacher is None else z_ctx).flatten(0, 1)  # (·N, D)
     pick = torch.randperm(tokens.shape[0], generator=gen)[: cfg.sigreg_tokens]
-    out["sigreg"] = sigreg(tokens[pick], generator=gen)
+    out["sigreg"] = sigreg(tokens[pick], generator=gen) if cfg.regularizer == "sigreg" else vicreg(tokens[pick])
     return out
 
 
@@ -141,23 +161,30 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
     result = TrainResult(model)
+    teacher = None
+    if cfg.target == "ema":
+        teacher = copy.deepcopy(model.encoder).requires_grad_(False)
     start = time.perf_counter()
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         model.train()
-        parts = losses(model, pool.sample(cfg.batch), cfg, gen)
+        parts = losses(model, pool.sample(cfg.batch), cfg, gen, teacher)
         loss = parts["pred"] + parts.get("ac", 0.0) + cfg.sigreg_weight * parts["sigreg"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if teacher is not None:
+            with torch.no_grad():
+                for pt, ps in zip(teacher.parameters(), model.encoder.parameters()):
+                    pt.lerp_(ps, 1 - cfg.ema)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             model.eval()
             row = {"step": step, "loss": loss.item(), "lr": lr_at(step, cfg), "seconds": time.perf_counter() - start}
             row.update({k: v.item() for k, v in parts.items()})
             with torch.no_grad():
-                held = losses(model, held_out, cfg, gen)
+                held = losses(model, held_out, cfg, gen, teacher)
             row.update({f"val_{k}": float(v) for k, v in held.items()})
             row.update(latent_health(model, held_out, cfg))
             result.history.append(row)

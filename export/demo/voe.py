@@ -122,6 +122,19 @@ def reduce_tokens(err: np.ndarray, how: str) -> np.ndarray:
     return np.sort(err, axis=1)[:, -k:].mean(1)
 
 
+def surprise_windows(x, frames: int, batch: int, stack: Callable):
+    """Yield (frame indices t, context clips ending at t-2, target clips ending at t), as (k, C, F, H, W).
+
+    `x` is (L, C, H, W) normalised frames (numpy or torch); `stack` is np.stack or torch.stack.
+    """
+    ts = list(range(frames + 1, len(x)))
+    for start in range(0, len(ts), batch):
+        chunk = ts[start:start + batch]
+        ctx = stack([x[t - frames - 1:t - 1] for t in chunk])  # (k, F, C, H, W)
+        tgt = stack([x[t - frames + 1:t + 1] for t in chunk])
+        yield chunk, ctx.swapaxes(1, 2), tgt.swapaxes(1, 2)
+
+
 def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean"
                  ) -> Callable[[np.ndarray], np.ndarray]:
     """Surprise per frame from a torch JEPA model: mean squared error between the tokens predicted for the step
@@ -138,12 +151,8 @@ def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean"
     @torch.no_grad()
     def score(frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(normalize(frames))  # (L, 3, H, W)
-        ts = list(range(f + 1, len(frames)))
         out = np.full(len(frames), np.nan, np.float32)
-        for start in range(0, len(ts), batch):
-            chunk = ts[start:start + batch]
-            ctx = torch.stack([x[t - f - 1:t - 1] for t in chunk]).permute(0, 2, 1, 3, 4)  # (n, 3, F, H, W)
-            tgt = torch.stack([x[t - f + 1:t + 1] for t in chunk]).permute(0, 2, 1, 3, 4)
+        for chunk, ctx, tgt in surprise_windows(x, f, batch, torch.stack):
             z_ctx, z_tgt = model.encoder(ctx), model.encoder(tgt)
             n = len(chunk)
             pred = model.predictor(z_ctx, ctx_ids.expand(n, -1), tgt_ids.expand(n, -1))
@@ -173,12 +182,8 @@ def bundle_scorer(bundle, how: str = "mean", batch: int = 32) -> Callable[[np.nd
 
     def score(frames: np.ndarray) -> np.ndarray:
         x = ((frames.astype(np.float32) / 255.0).transpose(0, 3, 1, 2) - mean) / std  # (L, 3, H, W)
-        ts = list(range(f + 1, len(frames)))
         out = np.full(len(frames), np.nan, np.float32)
-        for start in range(0, len(ts), batch):
-            chunk = ts[start:start + batch]
-            ctx = np.stack([x[t - f - 1:t - 1] for t in chunk]).transpose(0, 2, 1, 3, 4)  # (k, 3, F, H, W)
-            tgt = np.stack([x[t - f + 1:t + 1] for t in chunk]).transpose(0, 2, 1, 3, 4)
+        for chunk, ctx, tgt in surprise_windows(x, f, batch, np.stack):
             z_ctx = enc.run(None, {"pixels": np.ascontiguousarray(ctx)})[0]
             z_tgt = enc.run(None, {"pixels": np.ascontiguousarray(tgt)})[0]
             k = len(chunk)
