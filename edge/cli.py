@@ -123,6 +123,39 @@ def _configure_eval_voe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+@command("firmware", "firmware-side tools: export-c DIR copies the portable C protocol files and test vectors",
+         run=lambda a: _firmware(a))
+def _configure_firmware(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["export-c"], help="export-c: write the C99 bridge sources to DIR")
+    p.add_argument("dir", help="destination directory (must not exist yet)")
+
+
+def _firmware(args: argparse.Namespace) -> int:
+    import shutil
+    from importlib import resources
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    out = Path(args.dir)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; choose a new directory (export-c never overwrites files)")
+    pkg = resources.files("ami_edge.firmware_bridge")
+    files = {"ami_bridge.h": "c/ami_bridge.h", "ami_bridge.c": "c/ami_bridge.c", "example/main.c": "c/example/main.c",
+             "vectors/frames.json": "vectors/frames.json"}
+    for dst, src in files.items():
+        target = out / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with resources.as_file(pkg.joinpath(src)) as path:
+            shutil.copyfile(path, target)
+    doc = pkg.joinpath("firmware_bridge.md")
+    if doc.is_file():
+        with resources.as_file(doc) as path:
+            shutil.copyfile(path, out / "firmware_bridge.md")
+    print(f"wrote {len(files) + doc.is_file()} files to {out}: build with cc -std=c99 ami_bridge.c example/main.c")
+    return 0
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")
