@@ -7,13 +7,11 @@ replug makes a new pair and re-points the link, as re-enumeration does.
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
-import tty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 from ami_edge.firmware_bridge import Action, Surprise
 from ami_edge.firmware_bridge.link import LinkError, SerialLink, resolve_port
+from ami_edge.firmware_bridge.loopback import PtyCable
 
 from .test_firmware_c import C_DIR, _build
 
@@ -36,39 +35,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Cable:
-    """Two pty pairs and a relay thread: host end (a slave path) <-> MCU end (another slave path)."""
-
-    def __init__(self) -> None:
-        self.host_master, self.host_slave = os.openpty()
-        self.mcu_master, self.mcu_slave = os.openpty()
-        for fd in (self.host_slave, self.mcu_slave):
-            tty.setraw(fd)
-        self.host_path, self.mcu_path = os.ttyname(self.host_slave), os.ttyname(self.mcu_slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._relay, daemon=True)
-        self._thread.start()
-
-    def _relay(self) -> None:
-        pairs = {self.host_master: self.mcu_master, self.mcu_master: self.host_master}
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select(list(pairs), [], [], 0.05)
-                for fd in ready:
-                    os.write(pairs[fd], os.read(fd, 4096))
-            except OSError:
-                return
-
-    def unplug(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for fd in (self.host_master, self.mcu_master, self.host_slave, self.mcu_slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
 @pytest.fixture
 def mcu_exe(tmp_path):
     return _build(tmp_path, "mcu", [C_DIR / "ami_bridge.c", C_DIR / "example" / "main.c"])
@@ -76,7 +42,7 @@ def mcu_exe(tmp_path):
 
 def test_link_talks_to_the_c_mcu_and_survives_unplug_and_hang(tmp_path, mcu_exe):
     by_id = tmp_path / "usb-ami_mcu-if00"
-    cable = Cable()
+    cable = PtyCable()
     by_id.symlink_to(cable.host_path)
     mcu = subprocess.Popen([str(mcu_exe), cable.mcu_path])
     actions: list[Action] = []
@@ -103,7 +69,7 @@ def test_link_talks_to_the_c_mcu_and_survives_unplug_and_hang(tmp_path, mcu_exe)
         wait_for(lambda: not link.up, what="the link to notice the unplug")
         assert not link.send(Surprise(2, 0.0, 3.0, 0))  # dropped and counted while down
         mcu.wait(timeout=10)
-        cable = Cable()
+        cable = PtyCable()
         by_id.unlink()
         by_id.symlink_to(cable.host_path)
         mcu = subprocess.Popen([str(mcu_exe), cable.mcu_path])
