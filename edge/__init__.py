@@ -11,7 +11,8 @@ from .errors import (AmiEdgeError, BundleError, BundleNotFoundError, CheckpointE
 __version__ = "0.1.0"
 
 # Imported on first use, so `import ami_edge` stays light (sources pull in OpenCV).
-_LAZY = {"open_source": "sources", "Frame": "sources", "Source": "sources", "SourceError": "sources"}
+_LAZY = {"open_source": "sources", "Frame": "sources", "Source": "sources", "SourceError": "sources",
+         "Runtime": "runtime", "State": "runtime"}
 
 
 def __getattr__(name: str):
@@ -23,5 +24,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["AmiEdgeError", "Bundle", "BundleError", "BundleNotFoundError", "CheckpointError", "ConfigError",
-           "ExportError", "Frame", "Manifest", "MissingExtraError", "Source", "SourceError", "__version__",
-           "load_bundle", "open_source"]
+           "ExportError", "Frame", "Manifest", "MissingExtraError", "Runtime", "Source", "SourceError", "State",
+           "__version__", "load_bundle", "open_source"]

@@ -1,0 +1,231 @@
+"""The streaming runtime: frames in, JEPA latent state, predictions and surprise out. No torch.
+
+    from ami_edge import Runtime
+    with Runtime(model="build/tiny.amiedge", source="synthetic://bouncing?fps=30") as rt:
+        for state in rt.stream(max_frames=300):
+            print(state.seq, state.surprise, state.event)
+
+Per frame: resize (INTER_LINEAR) and normalise into a preallocated clip ring buffer; once the ring holds a clip, the
+encoder sees the latest `frames` frames (stride 1). The predictor then predicts the tokens of the next tubelet step
+(k = tubelet frames ahead) from them. Surprise at frame t is the mean squared error between the prediction made at
+t - k and the tokens the encoder now sees for the step ending at t, turned into a z-score against a running
+baseline of calm frames; `event` is the z-score above a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import ConfigError
+from .runners import Runner, make_runner
+from .sources import Frame, Source, open_source
+
+
+@dataclass(frozen=True)
+class State:
+    """What the runtime knows after one frame.
+
+    Attributes:
+        seq: the frame's sequence number from the source.
+        t_capture: capture time of the frame, `time.monotonic()` seconds.
+        t_done: when this state was ready, `time.monotonic()` seconds.
+        latent: (D,) the encoder's tokens for the latest clip, mean-pooled.
+        prediction: (D,) the pooled prediction for the step `k` frames ahead, or None (no predictor / warming up).
+        surprise: the z-scored surprise, or None while the clip buffer and the baseline warm up.
+        event: surprise above the threshold.
+        raw_surprise: the unnormalised prediction error behind `surprise`.
+    """
+
+    seq: int
+    t_capture: float
+    t_done: float
+    latent: np.ndarray
+    prediction: np.ndarray | None
+    surprise: float | None
+    event: bool
+    raw_surprise: float | None = None
+
+
+class SurpriseBaseline:
+    """Running mean / std of calm-scene surprise (exponential), so calm scenes sit near 0 and events stand out.
+
+    Events do not update the baseline, so a long violation cannot teach the baseline to accept it.
+    """
+
+    def __init__(self, threshold: float = 4.0, warmup: int = 20, halflife: float = 200.0):
+        if threshold <= 0 or warmup < 2 or halflife <= 0:
+            raise ConfigError("surprise baseline: threshold and halflife must be > 0, warmup >= 2")
+        self.threshold, self.warmup = threshold, warmup
+        self.alpha = 1 - 0.5 ** (1 / halflife)
+        self.count, self.mean, self.var = 0, 0.0, 0.0
+
+    def update(self, raw: float) -> tuple[float | None, bool]:
+        if self.count < self.warmup:  # plain running mean / variance first
+            self.count += 1
+            delta = raw - self.mean
+            self.mean += delta / self.count
+            self.var += (delta * (raw - self.mean) - self.var) / self.count
+            return None, False
+        z = (raw - self.mean) / math.sqrt(max(self.var, 1e-12))
+        event = z > self.threshold
+        if not event:
+            delta = raw - self.mean
+            self.mean += self.alpha * delta
+            self.var = (1 - self.alpha) * (self.var + self.alpha * delta * delta)
+        return float(z), bool(event)
+
+
+class _IterableSource(Source):
+    """Any iterable of H x W x 3 uint8 RGB arrays (or Frames): consumed as fast as the pipeline runs."""
+
+    def __init__(self, items: Iterable):
+        self.items, self.uri = items, "iterable"
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, item in enumerate(self.items):
+            yield item if isinstance(item, Frame) else Frame(np.asarray(item), i, time.monotonic())
+
+
+class Runtime:
+    """Run a bundle on a source. Usable as a context manager; `close()` releases the source and the runners."""
+
+    def __init__(self, model: str | Path | Bundle = "default", source: str | Source | Iterable = "synthetic://bouncing",
+                 backend: str = "auto", threshold: float = 4.0,
+                 on_state: Callable[[State], None] | None = None):
+        self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        m = self.bundle.manifest
+        self.layout, self.frames = m.input.layout, m.input.frames
+        self.height, self.width = m.input.height, m.input.width
+        self.k = m.input.tubelet if m.input.layout != "BCHW" else 1
+        std = np.array(m.input.std, np.float32).reshape(3, 1, 1)
+        # (pixel / 255 - mean) / std folded into one multiply and one subtract
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._offset = (np.array(m.input.mean, np.float32).reshape(3, 1, 1) / std).astype(np.float32)
+        self.source = source if isinstance(source, Source) else (
+            open_source(source) if isinstance(source, str) else _IterableSource(source))
+        self.encoder: Runner = make_runner(backend, self.bundle.graph_path("encoder")).activate()
+        self.predictor: Runner | None = None
+        if self.bundle.has("predictor") and self.layout != "BCHW":
+            self.predictor = make_runner(backend, self.bundle.graph_path("predictor")).activate()
+        self.baseline = SurpriseBaseline(threshold)
+        self.on_state = on_state
+        self.frames_seen = 0
+        t, h, w = m.latent.grid
+        self.step_tokens = h * w
+        n = t * h * w
+        self._ctx_ids = np.arange(n, dtype=np.int64)[None]  # (1, N): the whole clip is context
+        self._tgt_ids = np.arange(n, n + self.step_tokens, dtype=np.int64)[None]  # (1, HW): the step after it
+        # Preallocated: resized frame, the clip ring in (C, F, H, W), and the encoder's feed in the bundle layout.
+        self._resized = np.empty((self.height, self.width, 3), np.uint8)
+        self._ring = np.empty((3, self.frames, self.height, self.width), np.float32)
+        feed_shape = {"BCTHW": (1, 3, self.frames, self.height, self.width),
+                      "BTCHW": (1, self.frames, 3, self.height, self.width),
+                      "BCHW": (1, 3, self.height, self.width)}[self.layout]
+        self._feed = np.empty(feed_shape, np.float32)
+        self._order = np.arange(self.frames)
+        self._pending: deque[tuple[int, np.ndarray]] = deque(maxlen=self.k + 1)
+
+    # ------------------------------------------------------------------------------------------- pieces
+    def describe(self) -> str:
+        return (f"model {self.bundle.manifest.name} ({self.layout}, {self.frames} frames, "
+                f"{self.height}x{self.width}), backend {self.encoder.describe()}, source "
+                f"{self.source.describe()}")
+
+    def _normalize(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Resize (INTER_LINEAR) and normalise one H x W x 3 uint8 RGB frame into out (C, H, W), in place."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ConfigError(f"frames must be H x W x 3 uint8 RGB, got {image.shape} {image.dtype}")
+        cv2.resize(image, (self.width, self.height), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        np.copyto(out, self._resized.transpose(2, 0, 1))
+        out *= self._scale
+        out -= self._offset
+
+    def _push(self, image: np.ndarray) -> None:
+        """The next ring slot gets this frame (no allocation)."""
+        self._normalize(image, self._ring[:, self.frames_seen % self.frames])
+        self.frames_seen += 1
+
+    def _clip_feed(self) -> np.ndarray:
+        """The ring in time order, written into the encoder's feed buffer."""
+        first = self.frames_seen % self.frames
+        np.add(np.arange(self.frames), first, out=self._order)
+        np.remainder(self._order, self.frames, out=self._order)
+        if self.layout == "BCTHW":
+            np.take(self._ring, self._order, axis=1, out=self._feed[0])
+        elif self.layout == "BTCHW":
+            np.copyto(self._feed[0], np.take(self._ring, self._order, axis=1).transpose(1, 0, 2, 3))
+        else:
+            np.copyto(self._feed[0], self._ring[:, 0])
+        return self._feed
+
+    def encode(self, frames: list[np.ndarray]) -> np.ndarray:
+        """Encoder tokens (N, D) of one clip of `input.frames` RGB frames (oldest first)."""
+        if len(frames) != self.frames:
+            raise ConfigError(f"encode needs exactly {self.frames} frames, got {len(frames)}")
+        clip = np.empty((3, self.frames, self.height, self.width), np.float32)  # not the streaming ring
+        for i, image in enumerate(frames):
+            self._normalize(image, clip[:, i])
+        feed = {"BCTHW": clip, "BTCHW": clip.transpose(1, 0, 2, 3), "BCHW": clip[:, 0]}[self.layout]
+        return self.encoder.infer({"pixels": np.ascontiguousarray(feed[None])})["tokens"][0]
+
+    def predict(self, tokens: np.ndarray) -> np.ndarray:
+        """Predicted tokens (H'W', D) of the step after the clip whose tokens (N, D) are given."""
+        if self.predictor is None:
+            raise ConfigError(f"bundle {self.bundle.path} has no predictor graph for this input")
+        return self.predictor.infer({"context": tokens[None], "context_ids": self._ctx_ids,
+                                     "target_ids": self._tgt_ids})["prediction"][0]
+
+    # -------------------------------------------------------------------------------------------- stream
+    def step(self, frame: Frame) -> State | None:
+        """Process one frame; None until the clip buffer is full."""
+        self._push(frame.image)
+        if self.frames_seen < self.frames:
+            return None
+        tokens = self.encoder.infer({"pixels": self._clip_feed()})["tokens"][0]  # (N, D)
+        prediction = raw = surprise = None
+        event = False
+        if self.predictor is not None:
+            predicted = self.predict(tokens)  # (HW, D): the step ending k frames from now
+            made_k_ago = next((p for f, p in self._pending if f == self.frames_seen - self.k), None)
+            if made_k_ago is not None:  # it predicted the step that ends with this frame
+                raw = float(np.mean((made_k_ago - tokens[-self.step_tokens:]) ** 2))
+                surprise, event = self.baseline.update(raw)
+            self._pending.append((self.frames_seen, predicted))
+            prediction = predicted.mean(0)
+        state = State(seq=frame.seq, t_capture=frame.t_capture, t_done=time.monotonic(), latent=tokens.mean(0),
+                      prediction=prediction, surprise=surprise, event=event, raw_surprise=raw)
+        if self.on_state is not None:
+            self.on_state(state)
+        return state
+
+    def stream(self, max_frames: int | None = None) -> Iterator[State]:
+        """States for the source's frames, `max_frames` of them at most (None: until the source ends)."""
+        count = 0
+        for frame in self.source:
+            state = self.step(frame)
+            if state is not None:
+                yield state
+                count += 1
+                if max_frames is not None and count >= max_frames:
+                    return
+
+    def close(self) -> None:
+        self.source.close()
+        for runner in (self.encoder, self.predictor):
+            if runner is not None:
+                runner.deactivate()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

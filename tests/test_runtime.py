@@ -1,0 +1,104 @@
+"""Runtime: every number it produces is checked against plain ONNX Runtime on independently preprocessed clips."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ami_edge import ConfigError, Runtime, load_bundle
+from ami_edge.runtime import SurpriseBaseline
+from ami_edge.sources import open_source
+
+
+@pytest.fixture(scope="session")
+def video_bundle(tmp_path_factory):
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    return export_bundle(load_preset("tiny", seed=3), tmp_path_factory.mktemp("rt") / "tiny",
+                         graphs=["encoder", "predictor"])
+
+
+def _frames(n: int, size: int = 80, seed: int = 1) -> list[np.ndarray]:
+    return [f.image for f in open_source(f"synthetic://bouncing?seed={seed}&size={size}&frames={n}")]
+
+
+def _reference_tokens(bundle, clip: list[np.ndarray]) -> np.ndarray:
+    """Preprocess by hand (resize, /255, mean/std, BCTHW) and run the encoder graph directly."""
+    m = bundle.manifest.input
+    x = np.stack([cv2.resize(f, (m.width, m.height), interpolation=cv2.INTER_LINEAR) for f in clip]).astype(
+        np.float32) / 255.0
+    x = (x - np.array(m.mean, np.float32)) / np.array(m.std, np.float32)  # (F, H, W, C)
+    feed = x.transpose(3, 0, 1, 2)[None]  # (1, C, F, H, W)
+    session = ort.InferenceSession(str(bundle.graph_path("encoder")), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixels": np.ascontiguousarray(feed)})[0][0]
+
+
+def _reference_prediction(bundle, tokens: np.ndarray) -> np.ndarray:
+    t, h, w = bundle.manifest.latent.grid
+    n = t * h * w
+    session = ort.InferenceSession(str(bundle.graph_path("predictor")), providers=["CPUExecutionProvider"])
+    return session.run(None, {"context": tokens[None], "context_ids": np.arange(n)[None],
+                              "target_ids": np.arange(n, n + h * w)[None]})[0][0]
+
+
+def test_stream_latents_predictions_and_surprise_match_the_graphs(video_bundle):
+    frames = _frames(30)
+    states = []
+    with Runtime(video_bundle, source=frames, on_state=states.append) as rt:  # an iterable: no frame dropped
+        streamed = list(rt.stream())
+    f, k = video_bundle.manifest.input.frames, video_bundle.manifest.input.tubelet
+    assert streamed == states and [s.seq for s in streamed] == list(range(f - 1, 30))
+    for s in (streamed[0], streamed[9], streamed[-1]):
+        window = frames[s.seq - f + 1:s.seq + 1]
+        ref = _reference_tokens(video_bundle, window)
+        np.testing.assert_allclose(s.latent, ref.mean(0), atol=1e-5)
+        np.testing.assert_allclose(s.prediction, _reference_prediction(video_bundle, ref).mean(0), atol=1e-5)
+        assert s.t_done >= s.t_capture
+    # surprise at t: the prediction made from the clip ending at t - k against the tokens of the clip ending at t
+    s = streamed[12]
+    before = _reference_tokens(video_bundle, frames[s.seq - k - f + 1:s.seq - k + 1])
+    now = _reference_tokens(video_bundle, frames[s.seq - f + 1:s.seq + 1])
+    hw = video_bundle.manifest.latent.grid[1] * video_bundle.manifest.latent.grid[2]
+    expected = np.mean((_reference_prediction(video_bundle, before) - now[-hw:]) ** 2)
+    assert s.raw_surprise == pytest.approx(float(expected), rel=1e-4)
+    assert streamed[0].surprise is None and streamed[-1].surprise is not None  # warm-up, then a z-score
+
+
+def test_encode_and_predict_apis(video_bundle):
+    frames = _frames(4, size=64, seed=5)
+    with Runtime(video_bundle, source=[]) as rt:
+        tokens = rt.encode(frames)
+        np.testing.assert_allclose(tokens, _reference_tokens(video_bundle, frames), atol=1e-5)
+        np.testing.assert_allclose(rt.predict(tokens), _reference_prediction(video_bundle, tokens), atol=1e-5)
+        with pytest.raises(ConfigError, match="exactly 4 frames"):
+            rt.encode(frames[:3])
+
+
+def test_synthetic_uri_and_max_frames(video_bundle):
+    with Runtime(load_bundle(video_bundle.path), source="synthetic://bouncing?size=64") as rt:
+        assert "onnxruntime (CPUExecutionProvider)" in rt.describe()
+        states = list(rt.stream(max_frames=7))
+    assert len(states) == 7 and states[0].latent.shape == (video_bundle.manifest.latent.dim,)
+
+
+def test_bad_inputs_are_clear(video_bundle):
+    with pytest.raises(ConfigError, match="H x W x 3 uint8"):
+        list(Runtime(video_bundle, source=[np.zeros((8, 8), np.uint8)] * 4).stream())
+    with pytest.raises(ConfigError, match="unknown backend 'tflite'"):
+        Runtime(video_bundle, source=[], backend="tflite")
+    with pytest.raises(ConfigError, match="TensorrtExecutionProvider"):
+        Runtime(video_bundle, source=[], backend="onnxruntime:tensorrt")  # not in the CPU build
+
+
+def test_surprise_baseline_is_calm_then_flags_events():
+    base = SurpriseBaseline(threshold=4.0, warmup=10)
+    rng = np.random.default_rng(0)
+    zs = [base.update(1.0 + 0.05 * rng.standard_normal()) for _ in range(200)]
+    calm = [z for z, _ in zs if z is not None]
+    assert zs[0] == (None, False) and abs(np.mean(calm)) < 0.5 and not any(e for _, e in zs)
+    mean_before = base.mean
+    z, event = base.update(3.0)  # 40 standard deviations
+    assert event and z > 4.0 and base.mean == mean_before  # an event does not move the baseline
