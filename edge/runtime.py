@@ -27,7 +27,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .errors import ConfigError
 from .runners import Runner, make_runner
-from .sources import Frame, Source, open_source
+from .sources import Frame, LatestFrame, Source, open_source
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ class Runtime:
         self._offset = (np.array(m.input.mean, np.float32).reshape(3, 1, 1) / std).astype(np.float32)
         self.source = source if isinstance(source, Source) else (
             open_source(source) if isinstance(source, str) else _IterableSource(source))
+        if self.source.live:  # cameras and paced streams: keep only the newest frame, count the rest as drops
+            self.source = LatestFrame(self.source)
         self.encoder: Runner = make_runner(backend, self.bundle.graph_path("encoder")).activate()
         self.predictor: Runner | None = None
         if self.bundle.has("predictor") and self.layout != "BCHW":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -44,6 +45,7 @@ class Source:
     """Base of every frame source: iterate for frames; `close()` (or `with`) releases the device."""
 
     uri: str = ""
+    live: bool = False  # frames arrive on their own clock (a camera): the runtime keeps only the latest
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -159,6 +161,8 @@ def open_source(uri: str | Source) -> Source:
     """
     if isinstance(uri, Source):
         return uri
+    if "://" not in uri and Path(uri).expanduser().exists():  # a bare path: a video file or an image folder
+        uri = f"file://{Path(uri).expanduser().resolve()}"
     parsed = parse_uri(uri)
     factory = SOURCES.get(parsed.scheme)
     if factory is None:

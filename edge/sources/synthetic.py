@@ -61,6 +61,7 @@ class SyntheticSource(Source):
         self._external: np.ndarray | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self.live = self.fps is not None  # paced like a camera
 
     def act(self, action: np.ndarray) -> None:
         """Set the pusher's next action (2-D velocity); overrides the policy for one step. Thread-safe."""
