@@ -156,6 +156,17 @@ def _firmware(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("serve", "run a model bundle on a frame source and report latent state, predictions and surprise",
+         run=lambda a: importlib.import_module("ami_edge.serve").run(a))
+def _configure_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
+    p.add_argument("--source", default="synthetic://bouncing?fps=30",
+                   help="frame source URI or path (default: synthetic://bouncing?fps=30)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt]")
+    p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
+    p.add_argument("--threshold", type=float, default=4.0, help="surprise z-score that flags an event")
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")

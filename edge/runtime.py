@@ -110,14 +110,15 @@ class Runtime:
         # (pixel / 255 - mean) / std folded into one multiply and one subtract
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)
         self._offset = (np.array(m.input.mean, np.float32).reshape(3, 1, 1) / std).astype(np.float32)
-        self.source = source if isinstance(source, Source) else (
-            open_source(source) if isinstance(source, str) else _IterableSource(source))
-        if self.source.live:  # cameras and paced streams: keep only the newest frame, count the rest as drops
-            self.source = LatestFrame(self.source)
+        # Runners before the source: a bad backend must fail before a camera or capture thread is opened.
         self.encoder: Runner = make_runner(backend, self.bundle.graph_path("encoder")).activate()
         self.predictor: Runner | None = None
         if self.bundle.has("predictor") and self.layout != "BCHW":
             self.predictor = make_runner(backend, self.bundle.graph_path("predictor")).activate()
+        self.source = source if isinstance(source, Source) else (
+            open_source(source) if isinstance(source, str) else _IterableSource(source))
+        if self.source.live:  # cameras and paced streams: keep only the newest frame, count the rest as drops
+            self.source = LatestFrame(self.source)
         self.baseline = SurpriseBaseline(threshold)
         self.on_state = on_state
         self.frames_seen = 0

@@ -1,0 +1,54 @@
+"""`ami-edge serve`: run a bundle on a source, log a status line each second, stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from .runtime import Runtime
+from .sources import LatestFrame
+
+
+def run(args: argparse.Namespace) -> int:
+    rt = Runtime(model=args.model, source=args.source, backend=args.backend, threshold=args.threshold)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stop.set()
+        rt.source.close()  # unblocks a source waiting for its next frame
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    log = sys.stderr
+    print(f"ami-edge serve: {rt.describe()}", file=log, flush=True)
+    window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
+    try:
+        for state in rt.stream(max_frames=args.max_frames):
+            total += 1
+            latencies.append(state.t_done - state.t_capture)
+            events += state.event
+            last = state
+            now = time.monotonic()
+            if now - window_start >= 1.0:
+                drops = rt.source.dropped if isinstance(rt.source, LatestFrame) else 0
+                lat = np.array(latencies) * 1e3
+                surprise = "warming up" if state.surprise is None else f"{state.surprise:+.2f}"
+                print(f"fps {len(latencies) / (now - window_start):6.1f}  latency p50 {np.percentile(lat, 50):6.1f} "
+                      f"ms p99 {np.percentile(lat, 99):6.1f} ms  drops {drops}  surprise {surprise}  "
+                      f"events {events}", file=log, flush=True)
+                window_start, latencies = now, []
+            if stop.is_set():
+                break
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        rt.close()
+    why = "signal" if stop.is_set() else "end of source" if args.max_frames is None or total < args.max_frames \
+        else f"{args.max_frames} states"
+    print(f"ami-edge serve: stopped ({why}) after {total} states"
+          + (f", last seq {last.seq}" if last is not None else ""), file=log, flush=True)
+    return 0

@@ -1,0 +1,45 @@
+"""`ami-edge serve` as a user runs it: a real process, status lines, clean exit on SIGINT, one-line errors."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from .conftest import assert_one_line_error, run_cli
+from .test_runtime import video_bundle  # noqa: F401  (session fixture)
+
+
+def test_serve_reports_and_stops_on_sigint(video_bundle):  # noqa: F811
+    proc = subprocess.Popen([sys.executable, "-m", "ami_edge", "serve", "--model", str(video_bundle.path),
+                             "--source", "synthetic://bouncing?size=64&fps=60"], stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(ln.startswith("fps") for ln in lines):
+            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+            if ready:
+                lines.append(proc.stderr.readline())
+        assert any("onnxruntime (CPUExecutionProvider)" in ln and "synthetic world" in ln for ln in lines), lines
+        status = next(ln for ln in lines if ln.startswith("fps"))
+        assert "latency p50" in status and "drops" in status and "surprise" in status
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in rest
+    assert "stopped (signal)" in rest, rest
+
+
+def test_serve_max_frames_and_errors(tmp_path, video_bundle):  # noqa: F811
+    proc = run_cli("serve", "--model", str(video_bundle.path), "--source", "synthetic://bouncing?size=64",
+                   "--max-frames", "12")
+    assert proc.returncode == 0 and "stopped (12 states) after 12 states" in proc.stderr, proc.stderr
+    assert_one_line_error(run_cli("serve", "--model", str(video_bundle.path), "--source", "webcam://0"),
+                          "unknown source scheme 'webcam://'")
+    assert_one_line_error(run_cli("serve", "--model", str(tmp_path / "nope.amiedge")), "not found")
+    assert_one_line_error(run_cli("serve", "--model", str(video_bundle.path), "--backend", "tflite"),
+                          "unknown backend")
