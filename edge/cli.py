@@ -163,6 +163,8 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="synthetic://bouncing?fps=30",
                    help="frame source URI or path (default: synthetic://bouncing?fps=30)")
     p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt]")
+    p.add_argument("--publish", action="append", metavar="URI",
+                   help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
     p.add_argument("--threshold", type=float, default=4.0, help="surprise z-score that flags an event")
 

@@ -53,6 +53,8 @@ class State:
     surprise: float | None
     event: bool
     raw_surprise: float | None = None
+    action: np.ndarray | None = None  # the latest action received (serial ACTION, control channel, push_action)
+    action_prediction: np.ndarray | None = None  # (D,) pooled AC-predictor output given that action, if any
 
 
 class SurpriseBaseline:
@@ -119,8 +121,13 @@ class Runtime:
             open_source(source) if isinstance(source, str) else _IterableSource(source))
         if self.source.live:  # cameras and paced streams: keep only the newest frame, count the rest as drops
             self.source = LatestFrame(self.source)
+        self.ac_predictor: Runner | None = None
+        if self.bundle.has("ac_predictor") and self.layout != "BCHW":
+            self.ac_predictor = make_runner(backend, self.bundle.graph_path("ac_predictor")).activate()
         self.baseline = SurpriseBaseline(threshold)
         self.on_state = on_state
+        self._action: np.ndarray | None = None
+        self._proprio: np.ndarray | None = None
         self.frames_seen = 0
         t, h, w = m.latent.grid
         self.step_tokens = h * w
@@ -187,6 +194,31 @@ class Runtime:
         return self.predictor.infer({"context": tokens[None], "context_ids": self._ctx_ids,
                                      "target_ids": self._tgt_ids})["prediction"][0]
 
+    # ------------------------------------------------------------------------------------------- actions
+    def push_action(self, action: np.ndarray) -> None:
+        """The action being taken now (from a serial ACTION frame, a control channel or the caller). Thread-safe:
+        a single reference swap."""
+        self._action = np.asarray(action, np.float32).ravel()
+
+    def push_state(self, proprio: np.ndarray) -> None:
+        """Proprioceptive state (e.g. a serial PROPRIO frame), used by the action-conditioned predictor."""
+        self._proprio = np.asarray(proprio, np.float32).ravel()
+
+    def _action_prediction(self, tokens: np.ndarray, action: np.ndarray) -> np.ndarray | None:
+        """Pooled AC-predictor output for the step after the clip, with `action` held over the clip's steps."""
+        if self.ac_predictor is None:
+            return None
+        spec = {t.name: t for t in self.bundle.manifest.graphs["ac_predictor"].inputs}
+        a_dim, s_dim = int(spec["actions"].shape[-1]), int(spec["states"].shape[-1])
+        steps = tokens.shape[0] // self.step_tokens
+        actions = np.zeros((1, steps, a_dim), np.float32)
+        actions[0, :, :min(a_dim, action.size)] = action[:a_dim]
+        states = np.zeros((1, steps, s_dim), np.float32)
+        if self._proprio is not None:
+            states[0, :, :min(s_dim, self._proprio.size)] = self._proprio[:s_dim]
+        out = self.ac_predictor.infer({"context": tokens[None], "actions": actions, "states": states})["prediction"]
+        return out[0, -self.step_tokens:].mean(0)  # the last step's prediction: what follows the clip
+
     # -------------------------------------------------------------------------------------------- stream
     def step(self, frame: Frame) -> State | None:
         """Process one frame; None until the clip buffer is full."""
@@ -204,8 +236,10 @@ class Runtime:
                 surprise, event = self.baseline.update(raw)
             self._pending.append((self.frames_seen, predicted))
             prediction = predicted.mean(0)
+        action = self._action
         state = State(seq=frame.seq, t_capture=frame.t_capture, t_done=time.monotonic(), latent=tokens.mean(0),
-                      prediction=prediction, surprise=surprise, event=event, raw_surprise=raw)
+                      prediction=prediction, surprise=surprise, event=event, raw_surprise=raw, action=action,
+                      action_prediction=None if action is None else self._action_prediction(tokens, action))
         if self.on_state is not None:
             self.on_state(state)
         return state
@@ -223,7 +257,7 @@ class Runtime:
 
     def close(self) -> None:
         self.source.close()
-        for runner in (self.encoder, self.predictor):
+        for runner in (self.encoder, self.predictor, self.ac_predictor):
             if runner is not None:
                 runner.deactivate()
 

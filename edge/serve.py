@@ -10,12 +10,22 @@ import time
 
 import numpy as np
 
+from .publishers import open_publisher
 from .runtime import Runtime
 from .sources import LatestFrame
 
 
 def run(args: argparse.Namespace) -> int:
     rt = Runtime(model=args.model, source=args.source, backend=args.backend, threshold=args.threshold)
+    publishers = []
+    try:
+        for uri in args.publish or []:
+            publishers.append(open_publisher(uri, rt))
+    except BaseException:
+        for p in publishers:
+            p.close()
+        rt.close()
+        raise
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
@@ -25,9 +35,13 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     log = sys.stderr
     print(f"ami-edge serve: {rt.describe()}", file=log, flush=True)
+    for p in publishers:
+        print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
     window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
     try:
         for state in rt.stream(max_frames=args.max_frames):
+            for p in publishers:
+                p.publish(state)
             total += 1
             latencies.append(state.t_done - state.t_capture)
             events += state.event
@@ -46,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for p in publishers:
+            p.close()
         rt.close()
     why = "signal" if stop.is_set() else "end of source" if args.max_frames is None or total < args.max_frames \
         else f"{args.max_frames} states"
