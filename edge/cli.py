@@ -169,6 +169,16 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=4.0, help="surprise z-score that flags an event")
 
 
+@command("bench", "bare-model latency vs full-pipeline throughput, efficiency and capture-to-state latency",
+         run=lambda a: importlib.import_module("ami_edge.bench").run(a))
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
+    p.add_argument("--frames", type=_positive_int, default=300, help="frames per run (default 300)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="runs; medians are reported (default 3)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt]")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")

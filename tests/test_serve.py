@@ -43,3 +43,15 @@ def test_serve_max_frames_and_errors(tmp_path, video_bundle):  # noqa: F811
     assert_one_line_error(run_cli("serve", "--model", str(tmp_path / "nope.amiedge")), "not found")
     assert_one_line_error(run_cli("serve", "--model", str(video_bundle.path), "--backend", "tflite"),
                           "unknown backend")
+
+
+def test_bench_reports_efficiency(video_bundle):  # noqa: F811
+    import json
+
+    proc = run_cli("bench", "--model", str(video_bundle.path), "--frames", "20", "--repeats", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["bare_ms"] > 0 and r["pipeline_ms"] > 0
+    assert r["efficiency"] == round(r["bare_ms"] / r["pipeline_ms"], 3) or abs(
+        r["efficiency"] - r["bare_ms"] / r["pipeline_ms"]) < 0.01
+    assert r["capture_to_state_ms_p99"] >= r["capture_to_state_ms_p50"] > 0
