@@ -59,6 +59,10 @@ class TrainConfig:
     # Centre tokens per position across the batch before the regulariser: otherwise encoding *where* a token is
     # (background gradient, stripes) satisfies it, perfectly predictably, and objects are never represented.
     position_centered: bool = True
+    # Weight each target token's loss by how much it changes from the context's last step (1 + motion_weight * change
+    # / mean change): most tokens are static background, so an unweighted loss teaches "copy the last frame" and the
+    # dynamics (what makes a frozen or vanished object surprising) stay under-trained.
+    motion_weight: float = 0.0
     image_size: int = 64
     frames: int = 4
     pool: int = 192  # running worlds
@@ -120,7 +124,14 @@ def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generato
             z_tgt = teacher(clip(batch.frames, 2, f))
     target = z_tgt[:, -hw:]  # last step of the later clip = the step after the context clip
     pred = model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1))  # (B, HW, D)
-    out = {"pred": F.smooth_l1_loss(pred, target)}
+    if cfg.motion_weight > 0:
+        with torch.no_grad():
+            change = (target - z_ctx[:, -hw:]).pow(2).mean(-1)  # (B, HW) how much each position moves
+            weight = 1 + cfg.motion_weight * change / change.mean().clamp_min(1e-6)
+        per_token = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)  # (B, HW)
+        out = {"pred": (weight * per_token).sum() / weight.sum()}
+    else:
+        out = {"pred": F.smooth_l1_loss(pred, target)}
     if batch.pusher.any():
         rows = batch.pusher
         acts = batch.actions[rows, :f].view(-1, t, 2, 2).mean(2)  # (B', T, 2) mean velocity per step
