@@ -159,14 +159,15 @@ def _firmware(args: argparse.Namespace) -> int:
 @command("serve", "run a model bundle on a frame source and report latent state, predictions and surprise",
          run=lambda a: importlib.import_module("ami_edge.serve").run(a))
 def _configure_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
-    p.add_argument("--source", default="synthetic://bouncing?fps=30",
-                   help="frame source URI or path (default: synthetic://bouncing?fps=30)")
-    p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt]")
+    # Defaults live in ServeConfig: a flag left out keeps the config file's value (or the default).
+    p.add_argument("--config", help="TOML file with any of the options below (flags win)")
+    p.add_argument("--model", help="bundle path or shipped name (default: default)")
+    p.add_argument("--source", help="frame source URI or path (default: synthetic://bouncing?fps=30)")
+    p.add_argument("--backend", help="auto | onnxruntime[:cpu|cuda|tensorrt] (default: auto)")
     p.add_argument("--publish", action="append", metavar="URI",
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
-    p.add_argument("--threshold", type=float, default=4.0, help="surprise z-score that flags an event")
+    p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4)")
 
 
 @command("bench", "bare-model latency vs full-pipeline throughput, efficiency and capture-to-state latency",

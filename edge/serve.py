@@ -10,16 +10,20 @@ import time
 
 import numpy as np
 
+from .config import ServeConfig, merge
 from .publishers import open_publisher
 from .runtime import Runtime
 from .sources import LatestFrame
 
 
 def run(args: argparse.Namespace) -> int:
-    rt = Runtime(model=args.model, source=args.source, backend=args.backend, threshold=args.threshold)
+    cfg = merge(ServeConfig.load(args.config) if args.config else ServeConfig(),
+                {"model": args.model, "source": args.source, "backend": args.backend, "publish": args.publish,
+                 "threshold": args.threshold, "max_frames": args.max_frames})
+    rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold)
     publishers = []
     try:
-        for uri in args.publish or []:
+        for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
     except BaseException:
         for p in publishers:
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
     window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
     try:
-        for state in rt.stream(max_frames=args.max_frames):
+        for state in rt.stream(max_frames=cfg.max_frames):
             for p in publishers:
                 p.publish(state)
             total += 1
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         for p in publishers:
             p.close()
         rt.close()
-    why = "signal" if stop.is_set() else "end of source" if args.max_frames is None or total < args.max_frames \
-        else f"{args.max_frames} states"
+    why = "signal" if stop.is_set() else "end of source" if cfg.max_frames is None or total < cfg.max_frames \
+        else f"{cfg.max_frames} states"
     print(f"ami-edge serve: stopped ({why}) after {total} states"
           + (f", last seq {last.seq}" if last is not None else ""), file=log, flush=True)
     return 0

@@ -55,3 +55,20 @@ def test_bench_reports_efficiency(video_bundle):  # noqa: F811
     assert r["efficiency"] == round(r["bare_ms"] / r["pipeline_ms"], 3) or abs(
         r["efficiency"] - r["bare_ms"] / r["pipeline_ms"]) < 0.01
     assert r["capture_to_state_ms_p99"] >= r["capture_to_state_ms_p50"] > 0
+
+
+def test_serve_config_file(tmp_path, video_bundle):  # noqa: F811
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(f'model = "{video_bundle.path}"\nsource = "synthetic://bouncing?size=64"\nmax_frames = 6\n'
+                   'threshold = 3.5\n')
+    proc = run_cli("serve", "--config", str(cfg))
+    assert proc.returncode == 0 and "after 6 states" in proc.stderr, proc.stderr
+    proc = run_cli("serve", "--config", str(cfg), "--max-frames", "4")  # flags win over the file
+    assert proc.returncode == 0 and "after 4 states" in proc.stderr, proc.stderr
+    cfg.write_text('modle = "x"\n')
+    assert_one_line_error(run_cli("serve", "--config", str(cfg)), "unknown key(s) modle; valid keys: model, source")
+    cfg.write_text("threshold = -1\n")
+    assert_one_line_error(run_cli("serve", "--config", str(cfg)), "'threshold' must be a number > 0")
+    cfg.write_text("max_frames = [")
+    assert_one_line_error(run_cli("serve", "--config", str(cfg)), "is not valid TOML")
+    assert_one_line_error(run_cli("serve", "--config", str(tmp_path / "none.toml")), "cannot read config")
