@@ -180,6 +180,12 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+@command("doctor", "check Python, ONNX Runtime providers, GPU, TensorRT, OpenCV, cameras and serial ports",
+         run=lambda a: importlib.import_module("ami_edge.doctor").run(a))
+def _configure_doctor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")

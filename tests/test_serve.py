@@ -72,3 +72,15 @@ def test_serve_config_file(tmp_path, video_bundle):  # noqa: F811
     cfg.write_text("max_frames = [")
     assert_one_line_error(run_cli("serve", "--config", str(cfg)), "is not valid TOML")
     assert_one_line_error(run_cli("serve", "--config", str(tmp_path / "none.toml")), "cannot read config")
+
+
+def test_doctor_reports_every_check():
+    import json
+
+    proc = run_cli("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert set(checks) == {"python", "ami-edge", "onnxruntime", "gpu", "tensorrt", "opencv", "cameras", "serial"}
+    assert "CPUExecutionProvider" in checks["onnxruntime"]["detail"]
+    assert all(c["ok"] or c["fix"] for c in checks.values())  # everything missing says what to do
+    assert run_cli("doctor").stdout.count("\n") >= 8
