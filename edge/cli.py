@@ -162,7 +162,8 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     # Defaults live in ServeConfig: a flag left out keeps the config file's value (or the default).
     p.add_argument("--config", help="TOML file with any of the options below (flags win)")
     p.add_argument("--model", help="bundle path or shipped name (default: default)")
-    p.add_argument("--source", help="frame source URI or path (default: synthetic://bouncing?fps=30)")
+    p.add_argument("--source", help="frame source: auto (default: first camera, else synthetic://), v4l2:///dev/video0 "
+                                    "or 0, csi://0, rtsp://..., file://clip.mp4 or a path, synthetic://bouncing")
     p.add_argument("--backend", help="auto | onnxruntime[:cpu|cuda|tensorrt] (default: auto)")
     p.add_argument("--publish", action="append", metavar="URI",
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")

@@ -1,7 +1,7 @@
 """`ami-edge serve --config serve.toml`: the flags as a TOML file, validated field by field.
 
     model = "build/tiny.amiedge"
-    source = "synthetic://bouncing?fps=30"
+    source = "auto"
     backend = "auto"
     publish = ["serial:///dev/ttyACM0?baud=921600&latent_dim=16"]
     threshold = 4.0
@@ -24,7 +24,7 @@ from .errors import ConfigError
 @dataclass
 class ServeConfig:
     model: str = "default"
-    source: str = "synthetic://bouncing?fps=30"
+    source: str = "auto"  # the first camera found, else the synthetic world
     backend: str = "auto"
     publish: list[str] = field(default_factory=list)
     threshold: float = 4.0

@@ -161,7 +161,11 @@ def open_source(uri: str | Source) -> Source:
     """
     if isinstance(uri, Source):
         return uri
-    if "://" not in uri and Path(uri).expanduser().exists():  # a bare path: a video file or an image folder
+    if uri == "auto":
+        uri = "auto://"
+    elif uri.isdigit():  # a bare camera index, as OpenCV users write it
+        uri = f"v4l2://{uri}"
+    elif "://" not in uri and Path(uri).expanduser().exists():  # a bare path: a video file or an image folder
         uri = f"file://{Path(uri).expanduser().resolve()}"
     parsed = parse_uri(uri)
     factory = SOURCES.get(parsed.scheme)
