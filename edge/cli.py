@@ -187,6 +187,52 @@ def _configure_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
 
+@command("listen", "subscribe to an ami-edge publisher (found by zeroconf, or --connect) and print what arrives",
+         run=lambda a: _listen(a))
+def _configure_listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="pick the publisher whose service name contains this")
+    p.add_argument("--connect", help="tcp://HOST:PORT, for networks without multicast")
+    p.add_argument("--count", type=_positive_int, help="stop after N state messages")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for discovery / a message")
+    p.add_argument("--json", action="store_true", help="one JSON object per message (header plus array stats)")
+
+
+def _listen(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import DiscoveryError, Subscriber, discover
+
+    if args.connect:
+        target = args.connect
+    else:
+        services = discover(args.timeout, name=args.name)
+        if not services:
+            raise DiscoveryError(f"no ami-edge publisher found in {args.timeout:g} s; is `ami-edge serve --publish "
+                                 "zmq://...` running? Without multicast, pass --connect tcp://HOST:PORT")
+        target = services[0]
+        print(f"ami-edge listen: {target.name} at {target.endpoint} (model {target.txt.get('model')})",
+              file=sys.stderr, flush=True)
+    count = 0
+    with Subscriber(target, timeout=args.timeout) as sub:
+        for msg in sub:
+            count += 1
+            if args.json:
+                out = {k: v for k, v in msg.header.items() if k != "arrays"}
+                out["arrays"] = {k: {"shape": list(a.shape), "norm": float((a.astype(float) ** 2).sum() ** 0.5)}
+                                 for k, a in msg.arrays.items()}
+                print(json.dumps(out), flush=True)
+            else:
+                s = msg.header.get("surprise")
+                print(f"n {msg.n:>7}  seq {msg.seq:>7}  surprise {'--' if s is None else f'{s:+7.2f}'}  "
+                      f"event {int(msg.event)}  latent[:3] {msg.arrays['latent'][:3].round(3).tolist()}", flush=True)
+            if args.count and count >= args.count:
+                break
+        print(f"ami-edge listen: {count} messages, {sub.gaps} missed (counter gaps)", file=sys.stderr)
+    if not count:
+        raise AmiEdgeError(f"no message from {sub.endpoint} within {args.timeout:g} s; is the publisher running?")
+    return 0
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")

@@ -41,7 +41,7 @@ def register_publisher(scheme: str):
 
 def open_publisher(uri: str, runtime: Runtime) -> Publisher:
     """A publisher for `uri` (e.g. serial:///dev/ttyACM0?baud=921600&latent_dim=16)."""
-    from . import serial  # noqa: F401  (registers serial://)
+    from . import serial, zmq  # noqa: F401  (register serial:// and zmq://)
 
     parsed = parse_uri(uri)
     factory = PUBLISHERS.get(parsed.scheme)
