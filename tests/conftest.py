@@ -48,6 +48,16 @@ def hf_ijepa(tmp_path_factory):
     return path, model
 
 
+@pytest.fixture(scope="session")
+def video_bundle(tmp_path_factory):
+    """A small V-JEPA 2 style bundle (encoder + predictor) shared by the runtime, serve, LAN and serial tests."""
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    return export_bundle(load_preset("tiny", seed=3), tmp_path_factory.mktemp("rt") / "tiny",
+                         graphs=["encoder", "predictor"])
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
             ) -> subprocess.CompletedProcess:
     """Run `ami-edge` the way a user does (a fresh process), capturing output."""

@@ -12,7 +12,7 @@ import pytest
 from ami_edge import Runtime
 from ami_edge.sources import LatestFrame, SourceError, open_source
 
-from .test_runtime import _frames, video_bundle  # noqa: F401  (session fixture)
+from .test_runtime import _frames
 
 
 def _write_mp4(path, frames, fps=30):
@@ -91,7 +91,7 @@ def test_latest_frame_never_queues(tmp_path):
     assert [s for s, _ in seen] == sorted({s for s, _ in seen})
 
 
-def test_runtime_puts_live_sources_behind_latest_frame(video_bundle):  # noqa: F811
+def test_runtime_puts_live_sources_behind_latest_frame(video_bundle):
     with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=60") as rt:
         assert isinstance(rt.source, LatestFrame)
         states = list(rt.stream(max_frames=5))
@@ -101,7 +101,7 @@ def test_runtime_puts_live_sources_behind_latest_frame(video_bundle):  # noqa: F
         assert [s.seq for s in rt.stream()] == list(range(3, 8))
 
 
-def test_runtime_on_an_mp4(tmp_path, video_bundle):  # noqa: F811
+def test_runtime_on_an_mp4(tmp_path, video_bundle):
     clip = tmp_path / "walk.mp4"
     _write_mp4(clip, _frames(20, size=96))
     with Runtime(video_bundle, source=str(clip)) as rt:

@@ -12,15 +12,6 @@ from ami_edge.runtime import SurpriseBaseline
 from ami_edge.sources import open_source
 
 
-@pytest.fixture(scope="session")
-def video_bundle(tmp_path_factory):
-    from ami_edge.export.loaders import load_preset
-    from ami_edge.export.onnx_export import export_bundle
-
-    return export_bundle(load_preset("tiny", seed=3), tmp_path_factory.mktemp("rt") / "tiny",
-                         graphs=["encoder", "predictor"])
-
-
 def _frames(n: int, size: int = 80, seed: int = 1) -> list[np.ndarray]:
     return [f.image for f in open_source(f"synthetic://bouncing?seed={seed}&size={size}&frames={n}")]
 

@@ -13,12 +13,11 @@ from ami_edge.firmware_bridge.loopback import PtyCable
 from ami_edge.publishers import open_publisher
 
 from .test_firmware_c import C_DIR, _build
-from .test_runtime import video_bundle  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
 
-def test_mcu_actions_reach_the_runtime(tmp_path, video_bundle):  # noqa: F811
+def test_mcu_actions_reach_the_runtime(tmp_path, video_bundle):
     exe = _build(tmp_path, "mcu", [C_DIR / "ami_bridge.c", C_DIR / "example" / "main.c"])
     with PtyCable() as cable:
         mcu = subprocess.Popen([str(exe), cable.mcu_path])

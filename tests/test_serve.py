@@ -9,10 +9,9 @@ import sys
 import time
 
 from .conftest import assert_one_line_error, run_cli
-from .test_runtime import video_bundle  # noqa: F401  (session fixture)
 
 
-def test_serve_reports_and_stops_on_sigint(video_bundle):  # noqa: F811
+def test_serve_reports_and_stops_on_sigint(video_bundle):
     proc = subprocess.Popen([sys.executable, "-m", "ami_edge", "serve", "--model", str(video_bundle.path),
                              "--source", "synthetic://bouncing?size=64&fps=60"], stderr=subprocess.PIPE, text=True)
     lines = []
@@ -34,7 +33,7 @@ def test_serve_reports_and_stops_on_sigint(video_bundle):  # noqa: F811
     assert "stopped (signal)" in rest, rest
 
 
-def test_serve_max_frames_and_errors(tmp_path, video_bundle):  # noqa: F811
+def test_serve_max_frames_and_errors(tmp_path, video_bundle):
     proc = run_cli("serve", "--model", str(video_bundle.path), "--source", "synthetic://bouncing?size=64",
                    "--max-frames", "12")
     assert proc.returncode == 0 and "stopped (12 states) after 12 states" in proc.stderr, proc.stderr
@@ -45,7 +44,7 @@ def test_serve_max_frames_and_errors(tmp_path, video_bundle):  # noqa: F811
                           "unknown backend")
 
 
-def test_bench_reports_efficiency(video_bundle):  # noqa: F811
+def test_bench_reports_efficiency(video_bundle):
     import json
 
     proc = run_cli("bench", "--model", str(video_bundle.path), "--frames", "20", "--repeats", "1", "--json")
@@ -57,7 +56,7 @@ def test_bench_reports_efficiency(video_bundle):  # noqa: F811
     assert r["capture_to_state_ms_p99"] >= r["capture_to_state_ms_p50"] > 0
 
 
-def test_serve_config_file(tmp_path, video_bundle):  # noqa: F811
+def test_serve_config_file(tmp_path, video_bundle):
     cfg = tmp_path / "serve.toml"
     cfg.write_text(f'model = "{video_bundle.path}"\nsource = "synthetic://bouncing?size=64"\nmax_frames = 6\n'
                    'threshold = 3.5\n')
