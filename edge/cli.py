@@ -169,6 +169,8 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
     p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and /healthz, e.g. 127.0.0.1:8080")
+    p.add_argument("--http-token", help="required to bind --http beyond localhost")
 
 
 @command("bench", "bare-model latency vs full-pipeline throughput, efficiency and capture-to-state latency",

@@ -29,6 +29,8 @@ class ServeConfig:
     publish: list[str] = field(default_factory=list)
     threshold: float = 4.0
     max_frames: int | None = None
+    http: str | None = None
+    http_token: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "source", "backend"):
@@ -38,6 +40,10 @@ class ServeConfig:
             raise ConfigError(f"serve config: 'publish' must be a list of URIs, got {self.publish!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold <= 0:
             raise ConfigError(f"serve config: 'threshold' must be a number > 0, got {self.threshold!r}")
+        for name in ("http", "http_token"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"serve config: '{name}' must be a non-empty string, got {value!r}")
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames <= 0):
             raise ConfigError(f"serve config: 'max_frames' must be a positive integer, got {self.max_frames!r}")

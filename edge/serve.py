@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .config import ServeConfig, merge
+from .http import HttpServer, Metrics
 from .publishers import open_publisher
 from .runtime import Runtime
 from .sources import LatestFrame
@@ -19,12 +20,15 @@ from .sources import LatestFrame
 def run(args: argparse.Namespace) -> int:
     cfg = merge(ServeConfig.load(args.config) if args.config else ServeConfig(),
                 {"model": args.model, "source": args.source, "backend": args.backend, "publish": args.publish,
-                 "threshold": args.threshold, "max_frames": args.max_frames})
+                 "threshold": args.threshold, "max_frames": args.max_frames, "http": args.http,
+                 "http_token": args.http_token})
     rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold)
-    publishers = []
+    publishers, http, metrics = [], None, Metrics()
     try:
         for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
+        if cfg.http:
+            http = HttpServer(cfg.http, metrics, cfg.http_token, model=rt.bundle.manifest.name)
     except BaseException:
         for p in publishers:
             p.close()
@@ -41,11 +45,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"ami-edge serve: {rt.describe()}", file=log, flush=True)
     for p in publishers:
         print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
+    if http is not None:
+        print(f"ami-edge serve: metrics at {http.address}/metrics, health at {http.address}/healthz", file=log,
+              flush=True)
     window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
     try:
         for state in rt.stream(max_frames=cfg.max_frames):
             for p in publishers:
                 p.publish(state)
+            metrics.observe(state, rt.source.dropped if isinstance(rt.source, LatestFrame) else 0)
             total += 1
             latencies.append(state.t_done - state.t_capture)
             events += state.event
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         for p in publishers:
             p.close()
+        if http is not None:
+            http.close()
         rt.close()
     why = "signal" if stop.is_set() else "end of source" if cfg.max_frames is None or total < cfg.max_frames \
         else f"{cfg.max_frames} states"

@@ -83,3 +83,66 @@ def test_doctor_reports_every_check():
     assert "CPUExecutionProvider" in checks["onnxruntime"]["detail"]
     assert all(c["ok"] or c["fix"] for c in checks.values())  # everything missing says what to do
     assert run_cli("doctor").stdout.count("\n") >= 8
+
+
+def _serve_with_http(video_bundle, *extra):
+    proc = subprocess.Popen([sys.executable, "-m", "ami_edge", "serve", "--model", str(video_bundle.path),
+                             "--source", "synthetic://bouncing?size=64&fps=60", *extra],
+                            stderr=subprocess.PIPE, text=True)
+    address, deadline = None, time.monotonic() + 60
+    while time.monotonic() < deadline and address is None:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()
+            if "metrics at " in line:
+                address = line.split("metrics at ")[1].split("/metrics")[0]
+    return proc, address
+
+
+def _get(url, token=None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_metrics_and_healthz(video_bundle):
+    import json
+
+    proc, address = _serve_with_http(video_bundle, "--http", "127.0.0.1:0")
+    try:
+        assert address is not None, "serve did not report its HTTP address"
+        deadline = time.monotonic() + 30
+        code, health = _get(f"{address}/healthz")
+        while code != 200 and time.monotonic() < deadline:  # until the first state exists
+            code, health = _get(f"{address}/healthz")
+        assert code == 200 and json.loads(health)["status"] == "ok"
+        code, text = _get(f"{address}/metrics")
+        assert code == 200 and "ami_edge_states_total" in text and "ami_edge_capture_to_state_seconds_bucket" in text
+        states = float(next(ln for ln in text.splitlines() if ln.startswith("ami_edge_states_total")).split()[1])
+        assert states > 0
+        assert _get(f"{address}/nope")[0] == 404
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_http_beyond_localhost_needs_a_token(video_bundle):
+    assert_one_line_error(run_cli("serve", "--model", str(video_bundle.path), "--http", "0.0.0.0:0",
+                                  "--max-frames", "1"), "beyond localhost: pass --http-token")
+    proc, address = _serve_with_http(video_bundle, "--http", "0.0.0.0:0", "--http-token", "s3cret")
+    try:
+        local = address.replace("0.0.0.0", "127.0.0.1")
+        assert _get(f"{local}/metrics")[0] == 401
+        assert _get(f"{local}/metrics", token="wrong")[0] == 401
+        assert _get(f"{local}/metrics", token="s3cret")[0] == 200
+        assert _get(f"{local}/metrics?token=s3cret")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
