@@ -11,6 +11,7 @@ connects and never reads; the states/s should not change, because PUB drops for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -47,17 +48,31 @@ def subscribers(ctx: zmq.Context, endpoint: str, n: int) -> list[zmq.Socket]:
     return socks
 
 
-def publish_cost(bundle, n_subs: int, states: int) -> dict:
+@contextlib.contextmanager
+def wired(rt: Runtime, n_subs: int, drained: int):
+    """A zmq publisher on `rt` with `n_subs` subscribers, the first `drained` of them read by a poller thread."""
     ctx = zmq.Context()
+    pub = open_publisher("zmq://127.0.0.1:0?zeroconf=0", rt)
+    socks = subscribers(ctx, pub.endpoint, n_subs)
+    counts, stop = [0] * drained, threading.Event()
+    thread = threading.Thread(target=drain, args=(socks[:drained], stop, counts), daemon=True)
+    thread.start()
+    try:
+        yield pub, counts
+    finally:
+        stop.set()
+        thread.join()
+        pub.close()
+        for sock in socks:
+            sock.close()
+        ctx.term()
+
+
+def publish_cost(bundle, n_subs: int, states: int) -> dict:
     frames = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(64)]
     with Runtime(bundle, source=frames) as rt:
         sample = list(rt.stream())
-    with Runtime(bundle, source=[]) as rt:
-        pub = open_publisher("zmq://127.0.0.1:0?zeroconf=0", rt)
-        socks = subscribers(ctx, pub.endpoint, n_subs)
-        counts, stop = [0] * n_subs, threading.Event()
-        thread = threading.Thread(target=drain, args=(socks, stop, counts), daemon=True)
-        thread.start()
+    with Runtime(bundle, source=[]) as rt, wired(rt, n_subs, n_subs) as (pub, counts):
         for i in range(200):  # let every subscription reach the publisher
             pub.publish(sample[i % len(sample)])
         time.sleep(0.5)  # benchmark set-up, not a synchronisation in a test
@@ -67,40 +82,21 @@ def publish_cost(bundle, n_subs: int, states: int) -> dict:
             pub.publish(sample[i % len(sample)])
             costs.append(time.perf_counter() - t0)
         time.sleep(0.5)
-        stop.set()
-        thread.join()
-        pub.close()
-        for s in socks:
-            s.close()
-    ctx.term()
     return {"subscribers": n_subs, "publish_us_p50": round(statistics.median(costs) * 1e6, 1),
             "publish_us_p99": round(sorted(costs)[int(0.99 * (len(costs) - 1))] * 1e6, 1),
             "received_min": min(counts), "received_max": max(counts), "sent": states + 200}
 
 
 def fps_with_stalled(bundle, stalled: bool, frames: int) -> float:
-    ctx = zmq.Context()
     images = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(frames)]
-    with Runtime(bundle, source=images) as rt:
-        pub = open_publisher("zmq://127.0.0.1:0?zeroconf=0", rt)
-        socks = subscribers(ctx, pub.endpoint, 2 if stalled else 1)
-        counts, stop = [0], threading.Event()
-        thread = threading.Thread(target=drain, args=(socks[:1], stop, counts), daemon=True)  # socks[1] never reads
-        thread.start()
+    with Runtime(bundle, source=images) as rt, wired(rt, 2 if stalled else 1, 1) as (pub, _):  # the 2nd never reads
         time.sleep(0.3)
         t0 = time.perf_counter()
         n = 0
         for state in rt.stream():
             pub.publish(state)
             n += 1
-        fps = n / (time.perf_counter() - t0)
-        stop.set()
-        thread.join()
-        pub.close()
-        for s in socks:
-            s.close()
-    ctx.term()
-    return fps
+        return n / (time.perf_counter() - t0)
 
 
 def main() -> int:
