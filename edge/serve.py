@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .config import ServeConfig, merge
+from .control import ControlServer
 from .http import HttpServer, Metrics
 from .publishers import open_publisher
 from .runtime import Runtime
@@ -21,17 +22,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = merge(ServeConfig.load(args.config) if args.config else ServeConfig(),
                 {"model": args.model, "source": args.source, "backend": args.backend, "publish": args.publish,
                  "threshold": args.threshold, "max_frames": args.max_frames, "http": args.http,
-                 "http_token": args.http_token})
+                 "http_token": args.http_token, "control": args.control, "control_token": args.control_token})
     rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold)
-    publishers, http, metrics = [], None, Metrics()
+    publishers, http, control, metrics = [], None, None, Metrics()
     try:
         for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
         if cfg.http:
             http = HttpServer(cfg.http, metrics, cfg.http_token, model=rt.bundle.manifest.name)
+        if cfg.control:
+            control = ControlServer(cfg.control, rt, cfg.control_token)
     except BaseException:
         for p in publishers:
             p.close()
+        if http is not None:
+            http.close()
         rt.close()
         raise
     stop = threading.Event()
@@ -48,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if http is not None:
         print(f"ami-edge serve: metrics at {http.address}/metrics, health at {http.address}/healthz", file=log,
               flush=True)
+    if control is not None:
+        print(f"ami-edge serve: control channel at {control.endpoint}", file=log, flush=True)
     window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
     try:
         for state in rt.stream(max_frames=cfg.max_frames):
@@ -76,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             p.close()
         if http is not None:
             http.close()
+        if control is not None:
+            control.close()
         rt.close()
     why = "signal" if stop.is_set() else "end of source" if cfg.max_frames is None or total < cfg.max_frames \
         else f"{cfg.max_frames} states"

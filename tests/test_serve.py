@@ -146,3 +146,29 @@ def test_http_beyond_localhost_needs_a_token(video_bundle):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
+
+
+def test_serve_control_channel(video_bundle):
+    import msgpack
+    import zmq
+
+    proc = subprocess.Popen([sys.executable, "-m", "ami_edge", "serve", "--model", str(video_bundle.path),
+                             "--source", "synthetic://bouncing?size=64&fps=60", "--control", "zmq://127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True)
+    endpoint, deadline = None, time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and endpoint is None:
+            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+            if ready and "control channel at " in (line := proc.stderr.readline()):
+                endpoint = line.split("control channel at ")[1].strip()
+        assert endpoint, "serve did not report its control endpoint"
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"v": 1, "type": "action", "values": [1.0, 0.0]}))
+        assert sock.poll(10000) and msgpack.unpackb(sock.recv())["ok"] is True
+        sock.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
