@@ -34,6 +34,10 @@ class Metrics:
                                  registry=self.registry)
         self.last_state = 0.0
 
+    def watch_link(self, name: str, counters) -> None:
+        """Export a serial link's counters (read at scrape time) as ami_edge_serial_* gauges labelled by port."""
+        self.registry.register(_LinkCollector(name, counters))
+
     def observe(self, state, dropped: int) -> None:
         self.states.inc()
         self.events.inc(int(state.event))
@@ -42,6 +46,23 @@ class Metrics:
             self.surprise.set(state.surprise)
         self.latency.observe(max(0.0, state.t_done - state.t_capture))
         self.last_state = time.monotonic()
+
+
+class _LinkCollector:
+    def __init__(self, name: str, counters):
+        self.name, self.counters = name, counters
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        for key, value in self.counters().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                value = float(value) if isinstance(value, bool) else None
+            if value is None:
+                continue
+            family = GaugeMetricFamily(f"ami_edge_serial_{key}", f"serial link {key}", labels=["port"])
+            family.add_metric([self.name], float(value))
+            yield family
 
 
 def parse_bind(text: str) -> tuple[str, int]:

@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
+        for p in publishers:
+            link = getattr(p, "link", None)  # serial publishers: their link counters go to /metrics
+            if link is not None:
+                metrics.watch_link(link.port_spec, link.counters)
         if cfg.http:
             http = HttpServer(cfg.http, metrics, cfg.http_token, model=rt.bundle.manifest.name)
         if cfg.control:

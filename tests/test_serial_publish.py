@@ -67,3 +67,31 @@ def test_unknown_publisher():
 
     with pytest.raises(SourceError, match="unknown publisher scheme 'mqtt://'"):
         open_publisher("mqtt://broker", runtime=None)
+
+
+def test_serial_link_counters_are_exported_as_metrics(tmp_path, video_bundle):
+    from prometheus_client import generate_latest
+
+    from ami_edge.http import Metrics
+
+    exe = _build(tmp_path, "mcu", [C_DIR / "ami_bridge.c", C_DIR / "example" / "main.c"])
+    with PtyCable() as cable:
+        mcu = subprocess.Popen([str(exe), cable.mcu_path])
+        try:
+            with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=100") as rt:
+                pub = open_publisher(f"serial://{cable.host_path}", rt)
+                metrics = Metrics()
+                metrics.watch_link(pub.link.port_spec, pub.link.counters)
+                try:
+                    assert pub.link.wait_up(10)
+                    for state in rt.stream(max_frames=30):
+                        pub.publish(state)
+                    text = generate_latest(metrics.registry).decode()
+                finally:
+                    pub.close()
+        finally:
+            mcu.kill()
+            mcu.wait(timeout=10)
+    line = next(ln for ln in text.splitlines() if ln.startswith("ami_edge_serial_tx_frames{"))
+    assert f'port="{cable.host_path}"' in line and float(line.split()[-1]) >= 30
+    assert "ami_edge_serial_up{" in text and "ami_edge_serial_rx_crc_errors{" in text
