@@ -40,3 +40,14 @@ def test_package_dir_covers_every_package():
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *rel.parts]))
     assert found <= listed, f"packages missing from pyproject: {sorted(found - listed)}"
+
+
+def test_deploy_example_config_is_valid():
+    """The serve.toml shipped beside the systemd unit parses and validates as ServeConfig."""
+    from ami_edge.config import ServeConfig
+
+    cfg = ServeConfig.load(ROOT / "deploy" / "serve.toml")
+    assert cfg.source == "auto" and cfg.publish == ["zmq://0.0.0.0:5556"] and cfg.http == "127.0.0.1:8080"
+    unit = (ROOT / "deploy" / "ami-edge.service").read_text()
+    assert "ExecStart=/usr/local/bin/ami-edge serve --config /etc/ami-edge/serve.toml" in unit
+    assert "SupplementaryGroups=video dialout" in unit and "KillSignal=SIGTERM" in unit
