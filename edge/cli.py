@@ -171,6 +171,7 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and /healthz, e.g. 127.0.0.1:8080")
     p.add_argument("--http-token", help="required to bind --http beyond localhost")
+    p.add_argument("--camera", metavar="camera.json", help="camera intrinsics: undistort frames before the model")
     p.add_argument("--control", metavar="zmq://HOST:PORT", help="accept actions / commands (off by default)")
     p.add_argument("--control-token", help="required to bind --control beyond localhost")
 

@@ -33,6 +33,7 @@ class ServeConfig:
     http_token: str | None = None
     control: str | None = None
     control_token: str | None = None
+    camera: str | None = None  # camera.json intrinsics: undistort frames before the model
 
     def __post_init__(self) -> None:
         for name in ("model", "source", "backend"):
@@ -42,7 +43,7 @@ class ServeConfig:
             raise ConfigError(f"serve config: 'publish' must be a list of URIs, got {self.publish!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold <= 0:
             raise ConfigError(f"serve config: 'threshold' must be a number > 0, got {self.threshold!r}")
-        for name in ("http", "http_token", "control", "control_token"):
+        for name in ("http", "http_token", "control", "control_token", "camera"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"serve config: '{name}' must be a non-empty string, got {value!r}")

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .camera_model import CameraModel, Undistorter
 from .errors import ConfigError
 from .runners import Runner, make_runner
 from .sources import Frame, LatestFrame, Source, open_source
@@ -102,8 +103,10 @@ class Runtime:
 
     def __init__(self, model: str | Path | Bundle = "default", source: str | Source | Iterable = "synthetic://bouncing",
                  backend: str = "auto", threshold: float = 4.0,
-                 on_state: Callable[[State], None] | None = None):
+                 on_state: Callable[[State], None] | None = None, camera: str | Path | None = None):
         self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        # Camera intrinsics (camera.json): frames are undistorted before resizing, with maps computed once.
+        self.undistorter = Undistorter(CameraModel.load(camera)) if camera is not None else None
         m = self.bundle.manifest
         self.layout, self.frames = m.input.layout, m.input.frames
         self.height, self.width = m.input.height, m.input.width
@@ -154,6 +157,8 @@ class Runtime:
         """Resize (INTER_LINEAR) and normalise one H x W x 3 uint8 RGB frame into out (C, H, W), in place."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ConfigError(f"frames must be H x W x 3 uint8 RGB, got {image.shape} {image.dtype}")
+        if self.undistorter is not None:
+            image = self.undistorter.apply(image)
         cv2.resize(image, (self.width, self.height), dst=self._resized, interpolation=cv2.INTER_LINEAR)
         np.copyto(out, self._resized.transpose(2, 0, 1))
         out *= self._scale

@@ -22,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = merge(ServeConfig.load(args.config) if args.config else ServeConfig(),
                 {"model": args.model, "source": args.source, "backend": args.backend, "publish": args.publish,
                  "threshold": args.threshold, "max_frames": args.max_frames, "http": args.http,
-                 "http_token": args.http_token, "control": args.control, "control_token": args.control_token})
-    rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold)
+                 "http_token": args.http_token, "control": args.control, "control_token": args.control_token,
+                 "camera": args.camera})
+    rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold, camera=cfg.camera)
     publishers, http, control, metrics = [], None, None, Metrics()
     try:
         for uri in cfg.publish:
