@@ -17,31 +17,37 @@ from .test_firmware_c import C_DIR, _build
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
 
-def test_mcu_actions_reach_the_runtime(tmp_path, video_bundle):
+@pytest.fixture
+def cable(tmp_path):
+    """The compiled C example MCU on the far end of a pty cable."""
     exe = _build(tmp_path, "mcu", [C_DIR / "ami_bridge.c", C_DIR / "example" / "main.c"])
     with PtyCable() as cable:
         mcu = subprocess.Popen([str(exe), cable.mcu_path])
         try:
-            with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=100") as rt:
-                pub = open_publisher(f"serial://{cable.host_path}?baud=921600&latent_dim=8&dtype=i8", rt)
-                try:
-                    assert pub.link.wait_up(10), "the MCU did not answer HELLO"
-                    with_action = None
-                    for state in rt.stream(max_frames=600):  # bounded: 6 s of frames at most
-                        pub.publish(state)
-                        if state.action is not None:
-                            with_action = state
-                            break
-                    assert with_action is not None, "no ACTION came back from the MCU"
-                    # the C example answers each SURPRISE with [speed, surprise value]
-                    assert with_action.action.shape == (2,) and 0.2 <= with_action.action[0] <= 1.0
-                    counters = pub.link.counters()
-                    assert counters["tx_frames"] > 10 and counters["rx_crc_errors"] == 0
-                finally:
-                    pub.close()
+            yield cable
         finally:
             mcu.kill()
             mcu.wait(timeout=10)
+
+
+def test_mcu_actions_reach_the_runtime(cable, video_bundle):
+    with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=100") as rt:
+        pub = open_publisher(f"serial://{cable.host_path}?baud=921600&latent_dim=8&dtype=i8", rt)
+        try:
+            assert pub.link.wait_up(10), "the MCU did not answer HELLO"
+            with_action = None
+            for state in rt.stream(max_frames=600):  # bounded: 6 s of frames at most
+                pub.publish(state)
+                if state.action is not None:
+                    with_action = state
+                    break
+            assert with_action is not None, "no ACTION came back from the MCU"
+            # the C example answers each SURPRISE with [speed, surprise value]
+            assert with_action.action.shape == (2,) and 0.2 <= with_action.action[0] <= 1.0
+            counters = pub.link.counters()
+            assert counters["tx_frames"] > 10 and counters["rx_crc_errors"] == 0
+        finally:
+            pub.close()
 
 
 def test_action_conditioned_prediction_uses_pushed_actions(tmp_path):
@@ -69,29 +75,22 @@ def test_unknown_publisher():
         open_publisher("mqtt://broker", runtime=None)
 
 
-def test_serial_link_counters_are_exported_as_metrics(tmp_path, video_bundle):
+def test_serial_link_counters_are_exported_as_metrics(cable, video_bundle):
     from prometheus_client import generate_latest
 
     from ami_edge.http import Metrics
 
-    exe = _build(tmp_path, "mcu", [C_DIR / "ami_bridge.c", C_DIR / "example" / "main.c"])
-    with PtyCable() as cable:
-        mcu = subprocess.Popen([str(exe), cable.mcu_path])
+    with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=100") as rt:
+        pub = open_publisher(f"serial://{cable.host_path}", rt)
+        metrics = Metrics()
+        metrics.watch_link(pub.link.port_spec, pub.link.counters)
         try:
-            with Runtime(video_bundle, source="synthetic://bouncing?size=64&fps=100") as rt:
-                pub = open_publisher(f"serial://{cable.host_path}", rt)
-                metrics = Metrics()
-                metrics.watch_link(pub.link.port_spec, pub.link.counters)
-                try:
-                    assert pub.link.wait_up(10)
-                    for state in rt.stream(max_frames=30):
-                        pub.publish(state)
-                    text = generate_latest(metrics.registry).decode()
-                finally:
-                    pub.close()
+            assert pub.link.wait_up(10)
+            for state in rt.stream(max_frames=30):
+                pub.publish(state)
+            text = generate_latest(metrics.registry).decode()
         finally:
-            mcu.kill()
-            mcu.wait(timeout=10)
+            pub.close()
     line = next(ln for ln in text.splitlines() if ln.startswith("ami_edge_serial_tx_frames{"))
     assert f'port="{cable.host_path}"' in line and float(line.split()[-1]) >= 30
     assert "ami_edge_serial_up{" in text and "ami_edge_serial_rx_crc_errors{" in text

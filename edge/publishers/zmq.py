@@ -2,7 +2,7 @@
 
 Port 0 picks a free port. The default host is 127.0.0.1; `zmq://0.0.0.0:5556` publishes to the LAN. The runtime
 never waits for a subscriber: SNDHWM is small, LINGER 0, and the per-message counter `n` lets subscribers count
-what they missed. No pickle anywhere: a msgpack header plus raw array frames sent without copies.
+what they missed. Nothing executable on the wire: a msgpack header plus raw array frames sent without copies.
 """
 
 from __future__ import annotations
