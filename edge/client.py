@@ -17,9 +17,9 @@ import numpy as np
 import zmq
 
 from .errors import AmiEdgeError
+from .publishers.zmq import META_TOPIC, SERVICE, STATE_TOPIC
 
-SERVICE = "_ami-edge._tcp.local."
-STATE_TOPIC, META_TOPIC = b"ami/state/", b"ami/meta/"
+__all__ = ["META_TOPIC", "STATE_TOPIC", "DiscoveryError", "Message", "Service", "Subscriber", "discover"]
 
 
 class DiscoveryError(AmiEdgeError, LookupError):

@@ -60,8 +60,9 @@ def _tensorrt() -> Check:
 def _opencv() -> Check:
     import cv2
 
-    info = cv2.getBuildInformation()
-    gst = "GStreamer:" in info and info.split("GStreamer:")[1].split()[0].upper() == "YES"
+    from .sources.camera import opencv_has_gstreamer
+
+    gst = opencv_has_gstreamer()
     return Check("opencv", True, f"{cv2.__version__}, GStreamer {'yes' if gst else 'no'}",
                  "" if gst else "csi:// cameras need an OpenCV built with GStreamer (JetPack's, not pip's)")
 

@@ -127,6 +127,8 @@ class Runtime:
         self.ac_predictor: Runner | None = None
         if self.bundle.has("ac_predictor") and self.layout != "BCHW":
             self.ac_predictor = make_runner(backend, self.bundle.graph_path("ac_predictor")).activate()
+            spec = {t.name: t for t in self.bundle.manifest.graphs["ac_predictor"].inputs}
+            self._ac_dims = (int(spec["actions"].shape[-1]), int(spec["states"].shape[-1]))
         self.baseline = SurpriseBaseline(threshold)
         self.on_state = on_state
         self._action: np.ndarray | None = None
@@ -145,6 +147,7 @@ class Runtime:
                       "BCHW": (1, 3, self.height, self.width)}[self.layout]
         self._feed = np.empty(feed_shape, np.float32)
         self._order = np.arange(self.frames)
+        self._clip = np.empty((3, self.frames, self.height, self.width), np.float32)  # time-ordered, for BTCHW
         self._pending: deque[tuple[int, np.ndarray]] = deque(maxlen=self.k + 1)
 
     # ------------------------------------------------------------------------------------------- pieces
@@ -177,7 +180,8 @@ class Runtime:
         if self.layout == "BCTHW":
             np.take(self._ring, self._order, axis=1, out=self._feed[0])
         elif self.layout == "BTCHW":
-            np.copyto(self._feed[0], np.take(self._ring, self._order, axis=1).transpose(1, 0, 2, 3))
+            np.take(self._ring, self._order, axis=1, out=self._clip)
+            np.copyto(self._feed[0], self._clip.transpose(1, 0, 2, 3))
         else:
             np.copyto(self._feed[0], self._ring[:, 0])
         return self._feed
@@ -213,8 +217,7 @@ class Runtime:
         """Pooled AC-predictor output for the step after the clip, with `action` held over the clip's steps."""
         if self.ac_predictor is None:
             return None
-        spec = {t.name: t for t in self.bundle.manifest.graphs["ac_predictor"].inputs}
-        a_dim, s_dim = int(spec["actions"].shape[-1]), int(spec["states"].shape[-1])
+        a_dim, s_dim = self._ac_dims
         steps = tokens.shape[0] // self.step_tokens
         actions = np.zeros((1, steps, a_dim), np.float32)
         actions[0, :, :min(a_dim, action.size)] = action[:a_dim]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ami_edge.sources.synthetic import RandomPolicy
 from ami_edge.world import World, WorldConfig
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -36,9 +37,6 @@ class WorldPool:
     """`size` running worlds; half of them pusher scenes driven by the seeded exploration policy."""
 
     def __init__(self, size: int, seed: int, image_size: int, window: int, reseed_every: int = 40):
-        from ami_edge.sources.synthetic import RandomPolicy
-
-        self._policy_cls = RandomPolicy
         self.rng = np.random.default_rng(seed)
         self.image_size, self.window, self.reseed_every = image_size, window, reseed_every
         self.worlds: list[World] = []
@@ -57,7 +55,7 @@ class WorldPool:
         cfg = WorldConfig(seed=seed, objects=int(self.rng.integers(2, 7)), pusher=pusher,
                           pan=bool(self.rng.random() < 0.2), occluder=bool(self.rng.random() < 0.7))
         self.worlds[i] = World(cfg)
-        self.policies[i] = self._policy_cls(seed) if pusher else None
+        self.policies[i] = RandomPolicy(seed) if pusher else None
         self.uses[i] = 0
         for _ in range(int(self.rng.integers(0, 30))):  # start at a random moment
             self._advance(i)
