@@ -238,6 +238,21 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
+# `ami-edge calibrate WHAT`: each WHAT is a module ami_edge.calibration.WHAT exposing HELP, configure(parser) and
+# run(args); modules keep heavy imports inside run() so building the parser stays cheap.
+CALIBRATE_COMMANDS: tuple[str, ...] = ()
+
+
+@command("calibrate", "calibration data: INT8 calibration frames, camera intrinsics, surprise baselines",
+         run=lambda a: importlib.import_module(f"ami_edge.calibration.{a.what}").run(a))
+def _configure_calibrate(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    for name in CALIBRATE_COMMANDS:
+        module = importlib.import_module(f"ami_edge.calibration.{name}")
+        q = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(q)
+
+
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
 def _configure_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")
