@@ -107,7 +107,10 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
 def _configure_train_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/demo", help="directory for the checkpoint, plot, history and bundle "
                                                      "(default: build/demo)")
-    p.add_argument("--steps", type=_positive_int, default=1200, help="training steps (default 1200, ~15 min)")
+    p.add_argument("--steps", type=_positive_int, default=1000,
+                   help="training steps (default 1000, the shipped default bundle's recipe)")
+    p.add_argument("--horizon", type=_positive_int, default=3,
+                   help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
     p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the weights and the data order")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")

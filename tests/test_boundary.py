@@ -37,6 +37,24 @@ def test_import_runtime_without_torch():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
+def test_shipped_default_bundle_runs_without_torch():
+    """`load_bundle("default")` and a Runtime on it need only the runtime dependencies (what `serve` uses)."""
+    proc = _python("""
+        from ami_edge import Runtime, load_bundle
+        bundle = load_bundle("default")
+        m = bundle.manifest
+        assert set(m.graphs) == {"encoder", "predictor", "ac_predictor"}, m.graphs
+        with Runtime("default", source="synthetic://bouncing?seed=2&size=96") as rt:
+            states = list(rt.stream(max_frames=12))
+        assert len(states) == 12 and states[-1].latent.shape == (m.latent.dim,)
+        assert states[-1].prediction is not None and states[-1].raw_surprise is not None
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "tensorrt", "onnx"})
+        assert not heavy, heavy
+        print("ok")
+    """)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
 def test_plain_import_pulls_no_heavy_modules():
     """Even where torch is installed, `import ami_edge` must not load it (start-up time on a device)."""
     proc = subprocess.run([sys.executable, "-c", "import sys, ami_edge, ami_edge.cli; "

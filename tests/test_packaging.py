@@ -51,3 +51,37 @@ def test_deploy_example_config_is_valid():
     unit = (ROOT / "deploy" / "ami-edge.service").read_text()
     assert "ExecStart=/usr/local/bin/ami-edge serve --config /etc/ami-edge/serve.toml" in unit
     assert "SupplementaryGroups=video dialout" in unit and "KillSignal=SIGTERM" in unit
+
+
+def test_wheel_ships_the_default_bundle(tmp_path):
+    """A plain (non-editable) install gets the default bundle, within the 5 MB package-data budget."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("ami_edge-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        shipped = {name: i.file_size for name, i in infos.items() if name.startswith("ami_edge/bundles/")}
+        manifest = json.loads(zf.read("ami_edge/bundles/default.amiedge/manifest.json"))
+    for graph in manifest["graphs"].values():
+        assert f"ami_edge/bundles/default.amiedge/{graph['file']}" in shipped
+    assert sum(shipped.values()) <= 5 * 1024 * 1024, f"shipped bundles take {sum(shipped.values())} bytes"
+    assert "ami_edge/firmware_bridge/c/ami_bridge.h" in infos
+
+
+def test_default_bundle_records_its_recipe_and_metrics():
+    """The manifest says how the default was made (recipe, seed) and how good it is (VoE, collapse guard)."""
+    from ami_edge import load_bundle
+    from ami_edge.world import VIOLATIONS
+
+    training = load_bundle("default").manifest.training
+    recipe = training["recipe"]
+    assert isinstance(recipe["seed"], int) and recipe["steps"] == training["steps"] > 0
+    assert set(training["voe"]) == {*VIOLATIONS, "splice"}
+    assert all(0 <= row["auc"] <= 1 and row["pairs"] > 0 for row in training["voe"].values())
+    assert training["token_rank_frac"] >= 0.25  # the collapse guard of the demo issue

@@ -28,7 +28,8 @@ def train_demo(args: argparse.Namespace) -> int:
     console = Console(stderr=True, log_path=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads)
+    cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
+                      horizon=args.horizon)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

@@ -63,6 +63,10 @@ class TrainConfig:
     # / mean change): most tokens are static background, so an unweighted loss teaches "copy the last frame" and the
     # dynamics (what makes a frozen or vanished object surprising) stay under-trained.
     motion_weight: float = 0.0
+    # Tubelet steps ahead: the predictor learns every horizon 1..H (target = last step of the clip shifted by 2h
+    # frames) and surprise compares the H-step prediction. One step ahead (2 frames, ~1-3 px of motion at 64 px)
+    # is cheap to fake by copying the last frame; further ahead, copying costs and the dynamics must be learned.
+    horizon: int = 1
     image_size: int = 64
     frames: int = 4
     pool: int = 192  # running worlds
@@ -70,7 +74,7 @@ class TrainConfig:
     log_every: int = 25
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "image_size", "frames", "pool", "threads", "log_every"):
+        for name in ("steps", "batch", "image_size", "frames", "pool", "threads", "log_every", "horizon"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train-demo: {name} must be > 0, got {getattr(self, name)}")
         if self.frames % 2 or self.frames < 4:
@@ -93,11 +97,11 @@ def clip(frames: torch.Tensor, start: int, length: int) -> torch.Tensor:
     return frames[:, start:start + length].permute(0, 2, 1, 3, 4)
 
 
-def step_ids(model: JEPAModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context ids (the whole clip) and target ids (the step right after the clip)."""
+def step_ids(model: JEPAModel, horizon: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context ids (the whole clip) and target ids (the step `horizon` steps after the clip's last one)."""
     t, h, w = model.cfg.encoder.grid
     n, hw = t * h * w, h * w
-    return torch.arange(n), torch.arange(n, n + hw)
+    return torch.arange(n), torch.arange(n + (horizon - 1) * hw, n + horizon * hw)
 
 
 def vicreg(z: torch.Tensor) -> torch.Tensor:
@@ -114,24 +118,26 @@ def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generato
     f = cfg.frames
     t, h, w = model.cfg.encoder.grid
     hw = h * w
-    ctx_ids, tgt_ids = step_ids(model)
     b = batch.frames.shape[0]
     z_ctx = model.encoder(clip(batch.frames, 0, f))  # (B, N, D): frames [0, F)
-    if teacher is None:
-        z_tgt = model.encoder(clip(batch.frames, 2, f))  # (B, N, D): frames [2, F + 2)
-    else:
-        with torch.no_grad():
-            z_tgt = teacher(clip(batch.frames, 2, f))
-    target = z_tgt[:, -hw:]  # last step of the later clip = the step after the context clip
-    pred = model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1))  # (B, HW, D)
+    encode = model.encoder if teacher is None else teacher
+    preds, targets = [], []
+    for k in range(1, cfg.horizon + 1):
+        ctx_ids, tgt_ids = step_ids(model, k)
+        with torch.set_grad_enabled(teacher is None):
+            z_tgt = encode(clip(batch.frames, 2 * k, f))  # (B, N, D): frames [2k, F + 2k)
+        targets.append(z_tgt[:, -hw:])  # last step of the later clip = k steps after the context clip
+        preds.append(model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1)))  # (B, HW, D)
+    pred, target = torch.cat(preds, 1), torch.cat(targets, 1)  # (B, H*HW, D)
     if cfg.motion_weight > 0:
         with torch.no_grad():
-            change = (target - z_ctx[:, -hw:]).pow(2).mean(-1)  # (B, HW) how much each position moves
+            change = (target - z_ctx[:, -hw:].repeat(1, cfg.horizon, 1)).pow(2).mean(-1)  # (B, H*HW) motion
             weight = 1 + cfg.motion_weight * change / change.mean().clamp_min(1e-6)
-        per_token = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)  # (B, HW)
+        per_token = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)  # (B, H*HW)
         out = {"pred": (weight * per_token).sum() / weight.sum()}
     else:
         out = {"pred": F.smooth_l1_loss(pred, target)}
+    target = targets[0]
     if batch.pusher.any():
         rows = batch.pusher
         acts = batch.actions[rows, :f].view(-1, t, 2, 2).mean(2)  # (B', T, 2) mean velocity per step
@@ -173,8 +179,8 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     model = JEPAModel(demo_model_config(cfg.image_size, cfg.frames))
     _init(model, gen)
-    pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2)
-    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2).sample(cfg.batch)
+    pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2 * cfg.horizon)
+    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2 * cfg.horizon).sample(cfg.batch)
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -122,20 +122,21 @@ def reduce_tokens(err: np.ndarray, how: str) -> np.ndarray:
     return np.sort(err, axis=1)[:, -k:].mean(1)
 
 
-def surprise_windows(x, frames: int, batch: int, stack: Callable):
-    """Yield (frame indices t, context clips ending at t-2, target clips ending at t), as (k, C, F, H, W).
+def surprise_windows(x, frames: int, batch: int, stack: Callable, lag: int = 2):
+    """Yield (frame indices t, context clips ending at t-lag, target clips ending at t), as (k, C, F, H, W).
 
-    `x` is (L, C, H, W) normalised frames (numpy or torch); `stack` is np.stack or torch.stack.
+    `x` is (L, C, H, W) normalised frames (numpy or torch); `stack` is np.stack or torch.stack; `lag` is the
+    prediction horizon in frames (tubelet x steps).
     """
-    ts = list(range(frames + 1, len(x)))
+    ts = list(range(frames + lag - 1, len(x)))
     for start in range(0, len(ts), batch):
         chunk = ts[start:start + batch]
-        ctx = stack([x[t - frames - 1:t - 1] for t in chunk])  # (k, F, C, H, W)
+        ctx = stack([x[t - frames - lag + 1:t - lag + 1] for t in chunk])  # (k, F, C, H, W)
         tgt = stack([x[t - frames + 1:t + 1] for t in chunk])
         yield chunk, ctx.swapaxes(1, 2), tgt.swapaxes(1, 2)
 
 
-def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean"
+def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean", horizon: int = 1
                  ) -> Callable[[np.ndarray], np.ndarray]:
     """Surprise per frame from a torch JEPA model: mean squared error between the tokens predicted for the step
     ending at frame t (from the clip ending at t-2) and the tokens the encoder sees for that step."""
@@ -144,7 +145,7 @@ def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean"
     from .data import normalize
     from .train import step_ids
 
-    ctx_ids, tgt_ids = step_ids(model)
+    ctx_ids, tgt_ids = step_ids(model, horizon)
     hw = tgt_ids.numel()
     f = frames_per_clip
 
@@ -152,7 +153,7 @@ def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean"
     def score(frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(normalize(frames))  # (L, 3, H, W)
         out = np.full(len(frames), np.nan, np.float32)
-        for chunk, ctx, tgt in surprise_windows(x, f, batch, torch.stack):
+        for chunk, ctx, tgt in surprise_windows(x, f, batch, torch.stack, 2 * horizon):
             z_ctx, z_tgt = model.encoder(ctx), model.encoder(tgt)
             n = len(chunk)
             pred = model.predictor(z_ctx, ctx_ids.expand(n, -1), tgt_ids.expand(n, -1))
