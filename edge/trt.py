@@ -77,6 +77,8 @@ def _progress_monitor(trt: Any, log: Log, cancel: threading.Event):
         return None
 
     class Monitor(trt.IProgressMonitor):
+        # TensorRT calls these from C++ noexcept methods: nothing may escape them, Ctrl-C included (it becomes a
+        # cancel request instead, which step_complete passes on by returning False).
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.depth: dict[str, int] = {}
@@ -90,11 +92,15 @@ def _progress_monitor(trt: Any, log: Log, cancel: threading.Event):
                     self.depth[phase_name], self.started[phase_name] = depth, time.monotonic()
                 if depth <= 1:  # deeper phases (per-layer tactics) would flood the terminal
                     log(f"{'  ' * depth}{phase_name} ({num_steps} step{'s' * (num_steps != 1)})")
-            except KeyboardInterrupt:
-                cancel.set()
+            except BaseException as exc:  # noqa: BLE001
+                _swallow(exc, cancel)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            return not cancel.is_set()  # False asks TensorRT to cancel the build (Ctrl-C)
+            try:
+                return not cancel.is_set()  # False asks TensorRT to cancel the build
+            except BaseException as exc:  # noqa: BLE001
+                _swallow(exc, cancel)
+                return False
 
         def phase_finish(self, phase_name: str) -> None:
             try:
@@ -103,10 +109,16 @@ def _progress_monitor(trt: Any, log: Log, cancel: threading.Event):
                     took = time.monotonic() - self.started.pop(phase_name, time.monotonic())
                 if depth == 0:
                     log(f"{phase_name} done in {took:.0f} s")
-            except KeyboardInterrupt:
-                cancel.set()
+            except BaseException as exc:  # noqa: BLE001
+                _swallow(exc, cancel)
 
     return Monitor()
+
+
+def _swallow(exc: BaseException, cancel: threading.Event) -> None:
+    """Ctrl-C during a build cancels it; a failing log line (closed pipe) does not stop it."""
+    if isinstance(exc, KeyboardInterrupt):
+        cancel.set()
 
 
 class _Heartbeat:
