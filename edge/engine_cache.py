@@ -457,17 +457,12 @@ def default_precision(graph_precision: str) -> str:
 
 # ------------------------------------------------------------------------------------------- device queries
 def tensorrt_library_version() -> str | None:
-    """The TensorRT version of libnvinfer without importing the Python bindings (what ORT's TensorRT EP links).
+    """The version of the libnvinfer the dynamic loader finds (what ONNX Runtime's TensorRT EP links), read without
+    importing the Python bindings; else the bindings' version (pip wheels keep libnvinfer off the loader path).
 
     `getInferLibVersion()` is part of TensorRT's C API: major * 10000 + minor * 100 + patch since TensorRT 10,
     major * 1000 + minor * 100 + patch before.
     """
-    try:
-        import tensorrt  # noqa: F401  (the bindings, when present, say it directly)
-
-        return str(tensorrt.__version__)
-    except ImportError:
-        pass
     for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
         try:
             lib = ctypes.CDLL(name)
@@ -476,7 +471,12 @@ def tensorrt_library_version() -> str | None:
         v = int(lib.getInferLibVersion())
         major, rest = (v // 10000, v % 10000) if v >= 100000 else (v // 1000, v % 1000)
         return f"{major}.{rest // 100}.{rest % 100}"
-    return None
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return None
 
 
 def _cudart():
@@ -512,29 +512,13 @@ def gpu_identity(device: int = 0) -> tuple[str, str] | None:
     return None
 
 
-def query_device(device: int = 0) -> DeviceInfo | None:
-    """This machine's GPU and TensorRT, or None when either cannot be determined (then nothing is cached)."""
-    gpu, trt_version = gpu_identity(device), tensorrt_library_version()
+def query_device(device: int = 0, tensorrt_version: str | None = None) -> DeviceInfo | None:
+    """This machine's GPU and TensorRT, or None when either cannot be determined (then nothing is cached).
+
+    tensorrt_version: the version of the TensorRT that will build the engine, when the caller already has it
+    (the native builder passes `tensorrt.__version__`); else the library's.
+    """
+    gpu, trt_version = gpu_identity(device), tensorrt_version or tensorrt_library_version()
     if gpu is None or trt_version is None:
         return None
     return DeviceInfo(gpu_name=gpu[0], compute_capability=gpu[1], tensorrt_version=trt_version)
-
-
-def cache_status(bundle_dir: str | Path, device: DeviceInfo | None) -> list[str]:
-    """One line per cached engine of a bundle: usable on this device, or why not (for `ami-edge doctor`)."""
-    cache = EngineCache(bundle_dir)
-    lines = []
-    for graph in ("encoder", "predictor", "ac_predictor"):
-        for entry in cache.entries(graph):
-            if entry.key is None or entry.problem:
-                lines.append(f"{entry.engine.name}: unusable, {entry.problem}")
-            elif device is None:
-                lines.append(f"{entry.engine.name}: {entry.key.precision}, built for {entry.key.gpu_name} "
-                             f"(sm {entry.key.compute_capability}), TensorRT {entry.key.tensorrt_version}")
-            else:
-                ok = (entry.key.gpu_name, entry.key.compute_capability, entry.key.tensorrt_version) == (
-                    device.gpu_name, device.compute_capability, device.tensorrt_version)
-                lines.append(f"{entry.engine.name}: {entry.key.precision}, "
-                             + ("matches this device" if ok else
-                                f"foreign (built for {entry.key.gpu_name}, TensorRT {entry.key.tensorrt_version})"))
-    return lines

@@ -123,6 +123,7 @@ def tensorrt_ep_options(path: str | Path, ort_version: str, precision: str | Non
     """
     from .engine_cache import (CacheError, EngineCache, EngineKey, graph_context, ort_tensorrt_options,
                                profile_for, query_device)
+    from .errors import BundleError
 
     ctx, device = graph_context(path), query_device()
     if ctx is None or device is None:
@@ -130,11 +131,11 @@ def tensorrt_ep_options(path: str | Path, ort_version: str, precision: str | Non
         print(f"ami-edge: TensorRT EP engine cache off for {Path(path).name}: {why}", file=sys.stderr)
         return {}
     spec = ctx.manifest.graphs[ctx.graph]
-    key = EngineKey.make(ctx.graph, ctx.onnx_sha256, device, precision or spec.precision,
-                         profile_for(ctx.manifest, ctx.graph), runtime=f"onnxruntime-{ort_version}")
     try:
+        key = EngineKey.make(ctx.graph, ctx.onnx_sha256, device, precision or spec.precision,
+                             profile_for(ctx.manifest, ctx.graph), runtime=f"onnxruntime-{ort_version}")
         return ort_tensorrt_options(EngineCache(ctx.bundle_dir), key)
-    except (CacheError, OSError) as exc:
+    except (CacheError, BundleError, OSError) as exc:
         print(f"ami-edge: TensorRT EP engine cache off for {Path(path).name}: {exc}", file=sys.stderr)
         return {}
 

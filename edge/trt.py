@@ -6,7 +6,9 @@ workstation, or from JetPack (python3-libnvinfer) on a Jetson. Engines live in t
 
 Precision: fp16 builds with FP16 kernels allowed; fp32 with none; int8 expects a QDQ graph (QuantizeLinear /
 DequantizeLinear nodes from `ami-edge calibrate`): that is TensorRT's *explicit* quantization, the scales are in the
-graph, so no calibrator or calibration cache is involved. Layers outside Q/DQ pairs may run in FP16.
+graph, so no calibrator or calibration cache is involved. Layers outside Q/DQ pairs may run in FP16. TensorRT 11
+removed the precision flags (every network is strongly typed), so there an engine computes in the graph's own types
+and only int8 (QDQ) or the graph's precision can be asked for.
 
 Device memory goes through NVIDIA's cuda-python (`cudart`), the binding TensorRT's own Python samples use.
 """
@@ -62,8 +64,29 @@ def import_cudart():
                                 "pip install 'ami-edge[tensorrt]' (or pip install cuda-python)") from exc
 
 
-def require_device() -> DeviceInfo:
-    device = query_device()
+def weakly_typed(trt: Any) -> bool:
+    """TensorRT <= 10 picks kernel precisions from builder flags (FP16, INT8). TensorRT 11 removed those flags:
+    every network is strongly typed, so an engine computes in the ONNX graph's own types (Q/DQ for int8)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def choose_precision(requested: str | None, graph_precision: str, weak: bool, trt_version: str) -> str:
+    """The engine precision to build: the request, or the default for this TensorRT; refuses what cannot be built.
+
+    Default: int8 for QDQ graphs, else fp16 where TensorRT still lowers precision by flag (`weak`, TensorRT <= 10),
+    else the graph's own.
+    """
+    if requested is None:
+        return default_precision(graph_precision) if weak else graph_precision
+    if requested == "int8" or weak or requested == graph_precision:
+        return requested
+    raise ConfigError(f"TensorRT {trt_version} builds strongly typed networks only: the engine computes in the "
+                      f"graph's own precision ({graph_precision}), so --precision {requested} cannot be built; pass "
+                      f"--precision {graph_precision}, or export the bundle with {requested} graphs")
+
+
+def require_device(tensorrt_version: str) -> DeviceInfo:
+    device = query_device(tensorrt_version=tensorrt_version)
     if device is None:
         raise ConfigError("no NVIDIA GPU found (cuda-python's cudaGetDeviceProperties and nvidia-smi both failed); "
                           "TensorRT engines are built on the device that runs them")
@@ -161,11 +184,11 @@ def build_engine(onnx_path: str | Path, profile: Profile, precision: str = "fp16
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    int8_flag = hasattr(trt.BuilderFlag, "INT8")
+    weak = weakly_typed(trt)
     flags = 0
     if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if precision == "int8" and not int8_flag:  # TensorRT without the INT8 flag: Q/DQ networks are strongly typed
+    if not weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # always on from 11 (harmless)
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -186,9 +209,9 @@ def build_engine(onnx_path: str | Path, profile: Profile, precision: str = "fp16
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if precision in ("fp16", "int8") and not (precision == "int8" and not int8_flag):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8" and int8_flag:
+    if weak and precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8: layers outside Q/DQ pairs may use FP16 (trtexec --int8 --fp16)
+    if weak and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ layers present this is explicit quantization
     opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.items():
@@ -230,10 +253,10 @@ def ensure_engine(onnx_path: str | Path, precision: str | None = None, workspace
     if ctx is None:
         raise ConfigError(f"{onnx_path} is not a graph of a model bundle (no manifest.json beside it that lists it); "
                           "TensorRT engines are built and cached per bundle")
-    import_tensorrt()
-    device = require_device()
+    trt = import_tensorrt()
+    device = require_device(trt.__version__)
     spec = ctx.manifest.graphs[ctx.graph]
-    precision = precision or default_precision(spec.precision)
+    precision = choose_precision(precision, spec.precision, weakly_typed(trt), trt.__version__)
     key = EngineKey.make(ctx.graph, ctx.onnx_sha256, device, precision, profile_for(ctx.manifest, ctx.graph, max_batch))
     cache = EngineCache(ctx.bundle_dir, cache_dir)
     found = cache.lookup(key)
@@ -265,18 +288,19 @@ class TensorRTRunner(Runner):
     `tensorrt[:fp16|int8|fp32]` as a backend string; the default precision is int8 for QDQ graphs, else fp16.
     """
 
-    def __init__(self, path: str | Path, precision: str | None = None, cache_dir: str | Path | None = None):
+    def __init__(self, path: str | Path, precision: str | None = None, cache_dir: str | Path | None = None,
+                 max_batch: int = 1):
         super().__init__(path)
         if precision not in (None, "fp16", "int8", "fp32"):
             raise ConfigError(f"tensorrt precision {precision!r} is not valid; choose fp16, int8 or fp32")
-        self.precision, self.cache_dir = precision, cache_dir
+        self.precision, self.cache_dir, self.max_batch = precision, cache_dir, max_batch
         self.entry: Entry | None = None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
 
     def activate(self) -> TensorRTRunner:
         trt = import_tensorrt("the tensorrt backend")
         self._cudart = cudart = import_cudart()
-        self.entry, _ = ensure_engine(self.path, self.precision, cache_dir=self.cache_dir)
+        self.entry, _ = ensure_engine(self.path, self.precision, max_batch=self.max_batch, cache_dir=self.cache_dir)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.entry.engine.read_bytes())

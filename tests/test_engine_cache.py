@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ami_edge import BundleError, Manifest, MissingExtraError, Runtime
+from ami_edge import BundleError, ConfigError, Manifest, MissingExtraError, Runtime
 from ami_edge.engine_cache import (DeviceInfo, EngineCache, EngineKey, atomic_write, default_fallback_dir,
                                    graph_context, ort_shapes, ort_tensorrt_options, profile_for, query_device)
 from ami_edge.runners import tensorrt_ep_options
@@ -264,3 +264,14 @@ def test_cli_build_engine_builds_then_reuses(video_bundle, tmp_path):
     first, second = run_cli(*args, timeout=1200), run_cli(*args, timeout=600)
     assert first.returncode == 0 and "encoder: built" in first.stdout, first.stderr
     assert second.returncode == 0 and "encoder: cached" in second.stdout, second.stderr
+
+
+def test_precision_follows_the_tensorrt_generation():
+    from ami_edge.trt import choose_precision
+
+    assert choose_precision(None, "fp32", weak=True, trt_version="10.3.0") == "fp16"  # builder flags lower it
+    assert choose_precision(None, "int8", weak=True, trt_version="10.3.0") == "int8"  # a QDQ graph
+    assert choose_precision(None, "fp32", weak=False, trt_version="11.4.0") == "fp32"  # strongly typed: the graph's
+    assert choose_precision("int8", "fp32", weak=False, trt_version="11.4.0") == "int8"  # Q/DQ is checked at build
+    with pytest.raises(ConfigError, match=r"strongly typed.*--precision fp32"):
+        choose_precision("fp16", "fp32", weak=False, trt_version="11.4.0")
