@@ -217,9 +217,10 @@ def build_engine(onnx_path: str | Path, profile: Profile, precision: str = "fp16
     for name, (lo, opt, hi) in profile.items():
         opt_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(opt_profile)
-    cache = config.create_timing_cache(timing_cache)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log("the timing cache was written by another GPU or TensorRT; starting a new one")
+    cache = config.create_timing_cache(timing_cache) if timing_cache else None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if timing_cache:
+            log("the saved timing cache is unreadable or from another GPU / TensorRT; starting a new one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     cancel = threading.Event()
@@ -285,7 +286,8 @@ def ensure_engine(onnx_path: str | Path, precision: str | None = None, workspace
 class TensorRTRunner(Runner):
     """A native TensorRT engine from the bundle's engine cache (built on first use), run with execute_async_v3.
 
-    `tensorrt[:fp16|int8|fp32]` as a backend string; the default precision is int8 for QDQ graphs, else fp16.
+    `tensorrt[:fp16|int8|fp32]` as a backend string; the default precision is `choose_precision`'s (int8 for QDQ
+    graphs, else fp16 on TensorRT <= 10). Outputs are fresh arrays each call (the runtime keeps predictions).
     """
 
     def __init__(self, path: str | Path, precision: str | None = None, cache_dir: str | Path | None = None,
