@@ -312,7 +312,8 @@ class EngineCache:
                 continue  # the same key in the fallback directory too: the first one wins
             if verify:
                 meta = json.loads(entry.sidecar.read_text(encoding="utf-8"))
-                if entry.engine.stat().st_size != meta["engine_bytes"] or _sha256(entry.engine) != meta["engine_sha256"]:
+                size = entry.engine.stat().st_size
+                if size != meta["engine_bytes"] or _sha256(entry.engine) != meta["engine_sha256"]:
                     rejected.append((entry, "the engine file does not match the sha256 in its sidecar (truncated or "
                                             "modified)"))
                     continue

@@ -11,14 +11,16 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from ami_edge import BundleError, ConfigError, Manifest, MissingExtraError, Runtime
-from ami_edge.engine_cache import (DeviceInfo, EngineCache, EngineKey, atomic_write, default_fallback_dir,
-                                   graph_context, ort_shapes, ort_tensorrt_options, profile_for, query_device)
+from ami_edge.engine_cache import (CacheError, DeviceInfo, EngineCache, EngineKey, atomic_write,
+                                   default_fallback_dir, graph_context, ort_shapes, ort_tensorrt_options, profile_for,
+                                   query_device)
 from ami_edge.runners import tensorrt_ep_options
 
 from .conftest import assert_one_line_error, run_cli
@@ -28,7 +30,8 @@ HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 DEVICE = query_device() if HAVE_TENSORRT else None
 needs_trt = pytest.mark.skipif(
     DEVICE is None, reason="TensorRT and an NVIDIA GPU are required: "
-    + ("no NVIDIA GPU visible to cuda-python / nvidia-smi" if HAVE_TENSORRT else "the tensorrt module is not installed"))
+    + ("no NVIDIA GPU visible to cuda-python / nvidia-smi" if HAVE_TENSORRT
+       else "the tensorrt module is not installed"))
 
 
 def _key(video_bundle, graph: str = "encoder", device: DeviceInfo = ORIN, precision: str = "fp16") -> EngineKey:
@@ -169,7 +172,7 @@ def test_read_only_bundle_uses_the_fallback_cache(video_bundle, tmp_path, monkey
     assert entry.engine.parent == tmp_path / "cache" / "engines" and cache.lookup(key).hit == entry
     assert cache.timing_cache_path(ORIN).parent == tmp_path / "cache" / "engines"
     cache = EngineCache(bundle, fallback=bundle / "engines" / "sub")
-    with pytest.raises(Exception, match="no writable engine cache directory"):
+    with pytest.raises(CacheError, match="no writable engine cache directory"):
         cache.write_dir()
 
 
@@ -182,7 +185,8 @@ def test_prune_removes_other_onnx_and_keeps_other_devices(video_bundle, tmp_path
     removed = cache.prune(key)
     assert sorted(removed) == sorted([old_onnx.engine, old_onnx.sidecar])
     assert other_gpu.engine.is_file() and current.engine.is_file() and cache.lookup(key).hit == current
-    assert cache.timing_cache_path(ORIN) != cache.timing_cache_path(dataclasses.replace(ORIN, tensorrt_version="10.7.0"))
+    newer = dataclasses.replace(ORIN, tensorrt_version="10.7.0")
+    assert cache.timing_cache_path(ORIN) != cache.timing_cache_path(newer)  # one timing cache per TensorRT
 
 
 # ------------------------------------------------------------------------------------------ ORT TensorRT EP
@@ -209,21 +213,21 @@ def test_ort_tensorrt_options_live_in_a_directory_of_the_same_key(video_bundle, 
     assert not (d / "TensorrtExecutionProvider_x.engine").exists()  # a foreign directory is emptied, not used
 
 
-def test_onnxruntime_runner_keys_the_ep_cache_like_build_engine(video_bundle, monkeypatch, capsys):
-    path = video_bundle.graph_path("encoder")
+def test_onnxruntime_runner_keys_the_ep_cache_like_build_engine(video_bundle, tmp_path, monkeypatch, capsys):
+    bundle = shutil.copytree(video_bundle.path, tmp_path / "copy.amiedge")  # the shared fixture stays untouched
+    path = bundle / video_bundle.manifest.graphs["encoder"].file
     ctx = graph_context(path)
     assert (ctx.graph, ctx.onnx_sha256, ctx.bundle_dir) == ("encoder", video_bundle.manifest.graphs["encoder"].sha256,
-                                                            video_bundle.path)
+                                                            bundle)
     if DEVICE is None:  # this machine: no GPU to key by, so no engine cache at all
         assert tensorrt_ep_options(path, ort.__version__) == {}
         assert "engine cache off" in capsys.readouterr().err
     # The device query is a separate function; given a device, the runner's options follow the shared key.
     monkeypatch.setattr("ami_edge.engine_cache.query_device", lambda device=0: ORIN)
-    monkeypatch.setenv("AMI_EDGE_CACHE", str(video_bundle.path.parent / "cache"))
     options = tensorrt_ep_options(path, ort.__version__)
     key = EngineKey.make("encoder", ctx.onnx_sha256, ORIN, "fp32", profile_for(video_bundle.manifest, "encoder"),
                          runtime=f"onnxruntime-{ort.__version__}")
-    assert options["trt_engine_cache_path"].endswith(f"encoder-{key.digest()}")
+    assert options["trt_engine_cache_path"] == str(bundle / "engines" / "ort-trt" / f"encoder-{key.digest()}")
     assert options["trt_fp16_enable"] == "False"  # an fp32 graph keeps fp32 numerics under the EP
 
 
@@ -250,7 +254,8 @@ def test_build_cache_hit_and_run_match_onnxruntime(video_bundle, tmp_path):
     path = video_bundle.graph_path("encoder")
     entry, built = ensure_engine(path, "fp32", workspace_mib=512, cache_dir=cache_dir)
     again, rebuilt = ensure_engine(path, "fp32", workspace_mib=512, cache_dir=cache_dir)
-    assert built and not rebuilt and again.engine == entry.engine and entry.key.tensorrt_version == DEVICE.tensorrt_version
+    assert built and not rebuilt and again.engine == entry.engine
+    assert entry.key.tensorrt_version == DEVICE.tensorrt_version
     pixels = np.random.default_rng(0).standard_normal((1, 3, 4, 64, 64)).astype(np.float32)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0]
     with TensorRTRunner(path, precision="fp32", cache_dir=cache_dir) as runner:
