@@ -248,10 +248,14 @@ class EngineCache:
     def __init__(self, bundle_dir: str | Path, cache_dir: str | Path | None = None,
                  fallback: str | Path | None = None):
         self.bundle_dir = Path(bundle_dir)
+        # BUNDLE/engines holds this bundle's engines only; the fallback and --cache-dir may be shared by bundles,
+        # so there an engine of another ONNX is another model's (not reported, never pruned), not a stale one.
+        self.own_dir: Path | None = None
         if cache_dir is not None:
             self.dirs = [Path(cache_dir).expanduser()]
         else:
-            self.dirs = [self.bundle_dir / ENGINES_DIR,
+            self.own_dir = self.bundle_dir / ENGINES_DIR
+            self.dirs = [self.own_dir,
                          Path(fallback).expanduser() if fallback is not None else default_fallback_dir()]
 
     def write_dir(self) -> Path:
@@ -300,11 +304,15 @@ class EngineCache:
 
         verify: also check the engine file's sha256 against the sidecar (catches truncated or replaced files).
         """
-        hit, rejected = None, []
+        hit, rejected, mine = None, [], f"{key.graph}-{key.digest()}"
         for entry in self.entries(key.graph):
+            shared = entry.engine.parent != self.own_dir
             if entry.key is None or entry.problem:
-                rejected.append((entry, entry.problem))
+                if not shared or entry.engine.stem == mine:  # in a shared directory: only the file of this key
+                    rejected.append((entry, entry.problem))
                 continue
+            if shared and entry.key.onnx_sha256 != key.onnx_sha256:
+                continue  # another bundle's graph
             if entry.key != key:
                 rejected.append((entry, f"{_mismatch_kind(key, entry.key)}: {'; '.join(key.differences(entry.key))}"))
                 continue
@@ -333,11 +341,14 @@ class EngineCache:
         return Entry(path, sidecar, key)
 
     def prune(self, key: EngineKey) -> list[Path]:
-        """Delete entries for the graph that can never be valid again: another ONNX (re-exported bundle), an older
-        engine format, or an unreadable sidecar. Engines for other GPUs / TensorRT versions of the same ONNX are
-        kept (a bundle may be shared between devices); they are never loaded here."""
+        """Delete entries in BUNDLE/engines that can never be valid again: another ONNX (re-exported bundle), an
+        older engine format, or an unreadable sidecar. Engines for other GPUs / TensorRT versions of the same ONNX
+        are kept (a bundle may be shared between devices); they are never loaded here. Shared directories are not
+        pruned: an engine there may belong to another bundle."""
         removed = []
         for entry in self.entries(key.graph):
+            if entry.engine.parent != self.own_dir:
+                continue
             dead = entry.key is None or entry.key.onnx_sha256 != key.onnx_sha256 or \
                 entry.key.format_version != key.format_version
             if dead and entry.key != key:

@@ -177,7 +177,7 @@ def test_read_only_bundle_uses_the_fallback_cache(video_bundle, tmp_path, monkey
 
 
 def test_prune_removes_other_onnx_and_keeps_other_devices(video_bundle, tmp_path):
-    cache = EngineCache(tmp_path, cache_dir=tmp_path / "engines")
+    cache = EngineCache(tmp_path / "b.amiedge", fallback=tmp_path / "shared")
     key = _key(video_bundle)
     old_onnx = cache.store(dataclasses.replace(key, onnx_sha256="a" * 64), b"old")
     other_gpu = cache.store(dataclasses.replace(key, gpu_name="NVIDIA H100"), b"h100")
@@ -185,6 +185,14 @@ def test_prune_removes_other_onnx_and_keeps_other_devices(video_bundle, tmp_path
     removed = cache.prune(key)
     assert sorted(removed) == sorted([old_onnx.engine, old_onnx.sidecar])
     assert other_gpu.engine.is_file() and current.engine.is_file() and cache.lookup(key).hit == current
+
+    # A shared directory (fallback, --cache-dir) also holds other bundles' graphs: not stale, not pruned.
+    other_bundle = EngineCache(tmp_path / "other.amiedge", cache_dir=tmp_path / "shared")
+    theirs = other_bundle.store(dataclasses.replace(key, onnx_sha256="b" * 64), b"another model")
+    shared = EngineCache(tmp_path / "third.amiedge", cache_dir=tmp_path / "shared")
+    assert shared.lookup(key).rejected == [] and shared.prune(key) == [] and theirs.engine.is_file()
+    foreign = shared.store(dataclasses.replace(key, tensorrt_version="10.7.0"), b"same model, older TensorRT")
+    assert [e.engine for e, _ in shared.lookup(key).rejected] == [foreign.engine]  # same ONNX: reported
     newer = dataclasses.replace(ORIN, tensorrt_version="10.7.0")
     assert cache.timing_cache_path(ORIN) != cache.timing_cache_path(newer)  # one timing cache per TensorRT
 
