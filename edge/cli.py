@@ -189,6 +189,22 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+@command("build-engine", "build TensorRT engines for a bundle's graphs on this device (cached in the bundle)",
+         run=lambda a: importlib.import_module("ami_edge.trt").run_build_engine(a))
+def _configure_build_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="NAME.amiedge directory or shipped bundle name")
+    p.add_argument("--graphs", type=_csv, help="comma-separated subset of encoder,predictor,ac_predictor "
+                                               "(default: every graph in the bundle)")
+    p.add_argument("--precision", choices=["fp16", "int8", "fp32"],
+                   help="engine precision (default: int8 for QDQ-quantized graphs, else fp16)")
+    p.add_argument("--workspace", type=_positive_int, default=2048, metavar="MiB",
+                   help="TensorRT builder workspace limit in MiB (default 2048)")
+    p.add_argument("--max-batch", type=_positive_int, default=1, help="largest batch the engine accepts (default 1)")
+    p.add_argument("--rebuild", action="store_true", help="build even when a matching engine is cached")
+    p.add_argument("--cache-dir", help="engine cache directory (default: BUNDLE/engines, or $AMI_EDGE_CACHE / "
+                                       "~/.cache/ami-edge/engines when the bundle is read-only)")
+
+
 @command("doctor", "check Python, ONNX Runtime providers, GPU, TensorRT, OpenCV, cameras and serial ports",
          run=lambda a: importlib.import_module("ami_edge.doctor").run(a))
 def _configure_doctor(p: argparse.ArgumentParser) -> None:

@@ -51,10 +51,22 @@ def _gpu() -> Check:
 def _tensorrt() -> Check:
     try:
         trt = importlib.import_module("tensorrt")
-        return Check("tensorrt", True, trt.__version__)
+        return Check("tensorrt", True, f"{trt.__version__}; {_engine_cache()}")
     except ImportError:
         return Check("tensorrt", False, "not importable", "JetPack ships python3-libnvinfer; elsewhere pip install "
                                                            "'ami-edge[tensorrt]'")
+
+
+def _engine_cache() -> str:
+    """What TensorRT engines are keyed by here, and what the shared fallback engine cache holds."""
+    from .engine_cache import default_fallback_dir, query_device
+
+    fallback = default_fallback_dir()
+    count = len(list(fallback.glob("*.engine"))) if fallback.is_dir() else 0
+    device = query_device()
+    keyed = (f"engines keyed by {device.gpu_name} (sm {device.compute_capability}), TensorRT "
+             f"{device.tensorrt_version}" if device else "no GPU found to key engines by")
+    return f"{keyed}; fallback engine cache {fallback} ({count} engine{'s' * (count != 1)})"
 
 
 def _opencv() -> Check:

@@ -7,6 +7,7 @@ backend is one class and one decorator.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,13 +65,16 @@ ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecution
 class OnnxRuntimeRunner(Runner):
     """ONNX Runtime with the TensorRT, CUDA or CPU execution provider, by availability or forced by `device`."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 precision: str | None = None):
         super().__init__(path)
         if device not in ("auto", *ORT_PROVIDERS):
             raise ConfigError(f"device={device!r} is not valid; choose one of: auto, {', '.join(ORT_PROVIDERS)}")
         self.device, self.threads = device, threads
+        self.precision = precision  # TensorRT EP only; None keeps the graph's own precision
         self.session = None
         self.providers: list[str] = []
+        self.trt_options: dict[str, str] = {}
 
     def activate(self) -> OnnxRuntimeRunner:
         import onnxruntime as ort
@@ -87,7 +91,11 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        chosen: list = list(providers)
+        if ORT_PROVIDERS["tensorrt"] in providers:  # engine + timing caches under the bundle's engine-cache key
+            self.trt_options = tensorrt_ep_options(self.path, ort.__version__, self.precision)
+            chosen[providers.index(ORT_PROVIDERS["tensorrt"])] = (ORT_PROVIDERS["tensorrt"], self.trt_options)
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         self.providers = self.session.get_providers()
         self._outputs = [o.name for o in self.session.get_outputs()]
         return super().activate()
@@ -106,14 +114,48 @@ class OnnxRuntimeRunner(Runner):
         return f"onnxruntime ({', '.join(self.providers) or 'inactive'})"
 
 
+def tensorrt_ep_options(path: str | Path, ort_version: str, precision: str | None = None) -> dict[str, str]:
+    """ONNX Runtime TensorRT EP options whose engine / timing cache directory is derived from the same key as
+    `ami-edge build-engine`'s engines (GPU, compute capability, TensorRT version, ONNX sha256, precision, profile).
+
+    Without a bundle around the graph, or when the GPU or TensorRT version cannot be determined, the EP runs without
+    an engine cache: an engine that cannot be keyed is never cached, so it can never be loaded stale.
+    """
+    from .engine_cache import (CacheError, EngineCache, EngineKey, graph_context, ort_tensorrt_options,
+                               profile_for, query_device)
+    from .errors import BundleError
+
+    ctx, device = graph_context(path), query_device()
+    if ctx is None or device is None:
+        why = "the graph is not in a bundle" if ctx is None else "the GPU or TensorRT version is unknown"
+        print(f"ami-edge: TensorRT EP engine cache off for {Path(path).name}: {why}", file=sys.stderr)
+        return {}
+    spec = ctx.manifest.graphs[ctx.graph]
+    try:
+        key = EngineKey.make(ctx.graph, ctx.onnx_sha256, device, precision or spec.precision,
+                             profile_for(ctx.manifest, ctx.graph), runtime=f"onnxruntime-{ort_version}")
+        return ort_tensorrt_options(EngineCache(ctx.bundle_dir), key)
+    except (CacheError, BundleError, OSError) as exc:
+        print(f"ami-edge: TensorRT EP engine cache off for {Path(path).name}: {exc}", file=sys.stderr)
+        return {}
+
+
 def make_runner(backend: str, path: str | Path) -> Runner:
-    """`auto` | `onnxruntime` | `onnxruntime:cpu|cuda|tensorrt` -> an inactive runner for the graph at `path`."""
-    name, _, device = backend.partition(":")
+    """`auto` | `onnxruntime[:cpu|cuda|tensorrt]` | `tensorrt[:fp16|int8|fp32]` -> an inactive runner for `path`."""
+    name, _, option = backend.partition(":")
     if name == "auto":
         name = "onnxruntime"
     if name not in RUNNERS:
+        hints = {"onnxruntime": f"onnxruntime[:{'|'.join(ORT_PROVIDERS)}]", "tensorrt": "tensorrt[:fp16|int8|fp32]"}
         raise ConfigError(f"unknown backend {backend!r}; available: auto, "
-                          + ", ".join(f"{n}[:{'|'.join(ORT_PROVIDERS)}]" if n == "onnxruntime" else n
-                                      for n in RUNNERS))
+                          + ", ".join(hints.get(n, n) for n in RUNNERS))
     cls = RUNNERS[name]
-    return cls(path, device=device or "auto") if cls is OnnxRuntimeRunner else cls(path)
+    if cls is OnnxRuntimeRunner:
+        return cls(path, device=option or "auto")
+    if name == "tensorrt":
+        return cls(path, precision=option or None)
+    return cls(path)
+
+
+# The native TensorRT runner registers itself as "tensorrt"; its module imports tensorrt only when activated.
+from . import trt as _trt  # noqa: E402,F401
