@@ -222,13 +222,15 @@ class Quantization:
         report = r.sub("report")
         report.get("eval_source", str)
         report.positive("eval_frames")
+        # surprise_correlation and voe_auc_delta are null where they do not apply (no predictor, VoE skipped)
+        nullable = ("surprise_correlation", "voe_auc_delta")
+        values = {key: None if key in nullable and report.data.get(key) is None else report.get(key, (int, float))
+                  for key in ("latent_cosine_mean", "latent_cosine_min", "latent_max_abs", *nullable)}
         for key in ("latent_cosine_mean", "latent_cosine_min", "surprise_correlation"):
-            value = report.get(key, (int, float), optional=key == "surprise_correlation")
-            if value is not None and not -1.000001 <= value <= 1.000001:
-                raise BundleError(f"{r.file}: field 'quantization.report.{key}'={value} is not in [-1, 1]")
-        if not report.get("latent_max_abs", (int, float)) >= 0:
+            if values[key] is not None and not -1.000001 <= values[key] <= 1.000001:
+                raise BundleError(f"{r.file}: field 'quantization.report.{key}'={values[key]} is not in [-1, 1]")
+        if values["latent_max_abs"] < 0:
             raise BundleError(f"{r.file}: field 'quantization.report.latent_max_abs' must be >= 0")
-        report.get("voe_auc_delta", (int, float), optional=True)
         return cls(precision=precision, format=fmt, method=method, per_channel=r.get("per_channel", bool),
                    calibration=calibration, reference=r.get("reference", dict), report=report.data,
                    settings=r.get("settings", dict, optional=True) or {})
