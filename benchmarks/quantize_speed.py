@@ -1,7 +1,8 @@
 """FP32 vs INT8 (vs FP16) bare encoder + predictor latency on this CPU, in one run, with the accuracy report.
 
     .venv/bin/python benchmarks/quantize_speed.py build/tiny.amiedge [--calib calib.npz | --source URI]
-        [--out-dir build/quant-bench] [--rounds 40] [--calls 10] [--threads N] [--no-fp16] [--json out.json]
+        [--out-dir build/quant-bench] [--rounds 40] [--calls 10] [--threads N] [--no-fp16] [--also NAME=BUNDLE]
+        [--json out.json]
 
 Quantizes the FP32 bundle with `ami_edge.export.quantize.quantize_bundle` (the `ami-edge quantize` code; the gate is
 not applied here, so a failing variant is still measured and its report shown), then times one encoder call on a
@@ -51,6 +52,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="intra-op threads (default: ONNX Runtime's choice)")
     p.add_argument("--voe-pairs", type=int, default=10, help="VoE pairs per kind in the report (0 skips)")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
+    p.add_argument("--also", action="append", default=[], metavar="NAME=BUNDLE",
+                   help="time an existing bundle too (e.g. one quantized with other settings), repeatable")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -65,6 +68,9 @@ def main() -> int:
     if not args.no_fp16:
         variants["fp16"] = quantize_bundle(fp32.path, out_dir / "fp16", precision="fp16", **common)
 
+    for item in args.also:
+        name, _, path = item.partition("=")
+        variants[name] = load_bundle(path)
     m = fp32.manifest
     clip = read_frames("synthetic://bouncing?seed=99", m.input.frames)
     pixels = Preprocess(fp32).clip(np.stack(clip))
@@ -85,21 +91,29 @@ def main() -> int:
         for _ in range(10):
             call(s)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    paired: dict[str, list[float]] = {name: [] for name in runs}  # per round: FP32 median / this variant's
     names = list(runs)
     for r in range(args.rounds):
+        this_round = {}
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each round
-            times[name].extend(call(runs[name]) for _ in range(args.calls))
+            this_round[name] = [call(runs[name]) for _ in range(args.calls)]
+            times[name].extend(this_round[name])
+        for name, v in this_round.items():
+            paired[name].append(statistics.median(this_round["fp32"]) / statistics.median(v))
     medians = {name: statistics.median(v) * 1e3 for name, v in times.items()}
 
     print(f"{fp32.path}: encoder + predictor, batch 1, ORT {ort.__version__} CPU EP, threads "
           f"{args.threads or 'default'}, {args.rounds} rounds x {args.calls} calls interleaved")
-    print(f"{'variant':<8}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'speedup':>9}")
+    print(f"{'variant':<10}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'speedup':>9}{'paired':>9}")
     for name, v in times.items():
         q = np.percentile(np.array(v) * 1e3, [10, 90])
-        print(f"{name:<8}{medians[name]:>11.3f}{q[0]:>9.3f}{q[1]:>9.3f}{medians['fp32'] / medians[name]:>8.2f}x")
+        print(f"{name:<10}{medians[name]:>11.3f}{q[0]:>9.3f}{q[1]:>9.3f}{medians['fp32'] / medians[name]:>8.2f}x"
+              f"{statistics.median(paired[name]):>8.2f}x")
+    print("speedup: FP32 median / variant median over all calls; paired: median over rounds of the same ratio "
+          "within a round (robust to load drift)")
     result = {"bundle": str(fp32.path), "median_ms": medians, "speedup": {k: medians["fp32"] / v
                                                                           for k, v in medians.items()},
-              "reports": {}}
+              "paired_speedup": {k: statistics.median(v) for k, v in paired.items()}, "reports": {}}
     for name, b in variants.items():
         if b.manifest.quantization is not None:
             report = b.manifest.quantization.report

@@ -187,7 +187,7 @@ class Quantization:
     """How a reduced-precision bundle was made from its FP32 reference, and how far it strays from it.
 
     `report` is measured on held-out frames (never the calibration frames): latent cosine (mean and worst clip),
-    max abs, surprise correlation and the VoE-AUC delta. Runtime code reads it to tell users what they run.
+    max abs, surprise correlation and the VoE-AUC delta, so `ami-edge info --json` tells users what they run.
     """
 
     precision: str

@@ -116,7 +116,8 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
                         per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=METHODS[method],
                         calibration_providers=["CPUExecutionProvider"],
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                       "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
     except Exception as exc:  # ORT raises many types; name the graph
         raise ExportError(f"quantize_static failed on {src.name}: {str(exc).strip().splitlines()[0]}") from exc
     return {"quantized_nodes": len(nodes), "total_nodes": len(model.graph.node)}
@@ -252,7 +253,13 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
     calibration = None
     feeds: dict[str, list] = {}
     if precision == "int8":
+        if source is not None and source == eval_source:
+            raise ConfigError(f"--source and --eval-source are both {source}: the report must be measured on "
+                              "held-out frames; pick another seed or source for one of them")
         data, described = calibration_windows(calib, source, calib_frames, max(8, m.input.frames))
+        if data.source == eval_source:
+            raise ConfigError(f"{calib} was collected from {eval_source}, the --eval-source; the report must be "
+                              "measured on held-out frames, pass another --eval-source")
         built = GraphFeeds.build(reference, data.frames, max_clips=max_clips)
         feeds = built.feeds
         calibration = {"source": described, "windows": int(data.frames.shape[0]), "window": data.window,
