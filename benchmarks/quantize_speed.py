@@ -81,10 +81,14 @@ def main() -> int:
     pred_feed = {"context": tokens, "context_ids": np.arange(n, dtype=np.int64)[None],
                  "target_ids": np.arange(n, n + h * w, dtype=np.int64)[None]}
 
-    def call(s: dict[str, ort.InferenceSession]) -> float:
-        start = time.perf_counter()
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+
+    def call(s: dict[str, ort.InferenceSession], name: str | None = None) -> float:
+        start, start_cpu = time.perf_counter(), time.thread_time()
         s["encoder"].run(None, {"pixels": pixels})
         s["predictor"].run(None, pred_feed)
+        if name is not None:
+            cpu[name].append(time.thread_time() - start_cpu)
         return time.perf_counter() - start
 
     for s in runs.values():  # warm-up: allocations, kernel selection, caches
@@ -96,24 +100,29 @@ def main() -> int:
     for r in range(args.rounds):
         this_round = {}
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each round
-            this_round[name] = [call(runs[name]) for _ in range(args.calls)]
+            this_round[name] = [call(runs[name], name) for _ in range(args.calls)]
             times[name].extend(this_round[name])
         for name, v in this_round.items():
             paired[name].append(statistics.median(this_round["fp32"]) / statistics.median(v))
     medians = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    cpu_medians = {name: statistics.median(v) * 1e3 for name, v in cpu.items()}
 
     print(f"{fp32.path}: encoder + predictor, batch 1, ORT {ort.__version__} CPU EP, threads "
           f"{args.threads or 'default'}, {args.rounds} rounds x {args.calls} calls interleaved")
-    print(f"{'variant':<10}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'speedup':>9}{'paired':>9}")
+    print(f"{'variant':<10}{'median ms':>11}{'p10 ms':>9}{'p90 ms':>9}{'speedup':>9}{'paired':>9}"
+          f"{'cpu ms':>9}{'cpu speedup':>13}")
     for name, v in times.items():
         q = np.percentile(np.array(v) * 1e3, [10, 90])
         print(f"{name:<10}{medians[name]:>11.3f}{q[0]:>9.3f}{q[1]:>9.3f}{medians['fp32'] / medians[name]:>8.2f}x"
-              f"{statistics.median(paired[name]):>8.2f}x")
+              f"{statistics.median(paired[name]):>8.2f}x{cpu_medians[name]:>9.3f}"
+              f"{cpu_medians['fp32'] / cpu_medians[name]:>12.2f}x")
     print("speedup: FP32 median / variant median over all calls; paired: median over rounds of the same ratio "
-          "within a round (robust to load drift)")
+          "within a round (robust to load drift); cpu: the calling thread's CPU time per call (with --threads 1 "
+          "ONNX Runtime computes in that thread, so this ignores time spent preempted on a busy machine)")
     result = {"bundle": str(fp32.path), "median_ms": medians, "speedup": {k: medians["fp32"] / v
                                                                           for k, v in medians.items()},
-              "paired_speedup": {k: statistics.median(v) for k, v in paired.items()}, "reports": {}}
+              "paired_speedup": {k: statistics.median(v) for k, v in paired.items()}, "cpu_median_ms": cpu_medians,
+              "cpu_speedup": {k: cpu_medians["fp32"] / v for k, v in cpu_medians.items()}, "reports": {}}
     for name, b in variants.items():
         if b.manifest.quantization is not None:
             report = b.manifest.quantization.report
