@@ -144,13 +144,22 @@ def test_fp16_bundle_keeps_float32_io(tmp_path, video_bundle):
     assert 0.999 < b.manifest.quantization.report["latent_cosine_mean"] <= 1.0
 
 
-def test_gate_refuses_and_leaves_nothing(tmp_path, video_bundle, calib):
+def test_gate_refuses_and_leaves_nothing(tmp_path, video_bundle):
+    """Calibration straight from a source, entropy ranges, and a cosine no INT8 model reaches: refused."""
     out = tmp_path / "strict.amiedge"
-    proc = run_cli("quantize", str(video_bundle.path), "--out", str(out), "--calib", str(calib), "--voe-pairs", "0",
-                   "--min-cosine", "0.999999", *FAST)
+    proc = run_cli("quantize", str(video_bundle.path), "--out", str(out), "--source",
+                   "synthetic://bouncing?seed=8&size=64", "--calib-frames", "16", "--method", "entropy",
+                   "--voe-pairs", "0", "--min-cosine", "0.999999", *FAST)
     assert_one_line_error(proc, "accuracy gate", "< --min-cosine 0.999999")
-    assert "latent cosine mean" in proc.stderr  # the report is shown before the refusal
+    assert "QDQ int8 (entropy)" in proc.stderr and "latent cosine mean 0.99" in proc.stderr  # report, then refusal
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_report_frames_must_be_held_out(tmp_path, video_bundle):
+    src = "synthetic://bouncing?seed=8&size=64"
+    proc = run_cli("quantize", str(video_bundle.path), "--out", str(tmp_path / "x"), "--source", src,
+                   "--eval-source", src)
+    assert_one_line_error(proc, "held-out frames")
 
 
 @pytest.mark.parametrize("content, fragment", [
