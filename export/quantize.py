@@ -25,11 +25,14 @@ than `--max-auc-drop`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +102,17 @@ def op_counts(path: Path) -> dict[str, int]:
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: str, per_channel: bool,
                   activation: str, work: Path) -> dict[str, Any]:
     """One graph to QDQ INT8; returns what was quantized."""
+    src, work = src.resolve(), work.resolve()
     pre = work / f"{src.stem}.pre.onnx"
-    try:
-        quant_pre_process(str(src), str(pre))
-    except Exception:  # symbolic shape inference can trip on exporter-specific ops; plain ONNX inference suffices
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    symbolic = True
+    # When symbolic shape inference gives up, ONNX Runtime dumps sym_shape_infer_temp.onnx and a <uuid>.data file
+    # into the working directory: run it inside the scratch directory so the user's directory stays clean.
+    with _cwd(work):
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # it trips on some exporter patterns; ONNX's own shape inference suffices for the GEMMs
+            symbolic = False
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     model = onnx.load(str(pre))
     _name_nodes(model)
     onnx.save(model, str(pre))
@@ -120,7 +129,18 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
                                        "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
     except Exception as exc:  # ORT raises many types; name the graph
         raise ExportError(f"quantize_static failed on {src.name}: {str(exc).strip().splitlines()[0]}") from exc
-    return {"quantized_nodes": len(nodes), "total_nodes": len(model.graph.node)}
+    return {"quantized_nodes": len(nodes), "total_nodes": len(model.graph.node), "symbolic_shapes": symbolic}
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    """Run a block in another working directory (process-wide: the CLI is single-threaded here)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
