@@ -23,6 +23,10 @@ GRAPH_NAMES = ("encoder", "predictor", "ac_predictor")
 FAMILIES = ("vjepa2", "vjepa", "ijepa", "native")
 LAYOUTS = ("BCTHW", "BTCHW", "BCHW")
 PRECISIONS = ("fp32", "fp16", "int8")
+QUANT_PRECISIONS = ("int8", "fp16")
+# INT8 calibration methods (ONNX Runtime's CalibrationMethod); an fp16 bundle records "float16" (a cast, no data).
+QUANT_METHODS = ("minmax", "entropy", "percentile")
+QUANT_FORMATS = ("QDQ", "float16")
 SHIPPED_DIR = Path(__file__).parent / "bundles"
 
 
@@ -179,6 +183,60 @@ class LatentSpec:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How a reduced-precision bundle was made from its FP32 reference, and how far it strays from it.
+
+    `report` is measured on held-out frames (never the calibration frames): latent cosine (mean and worst clip),
+    max abs, surprise correlation and the VoE-AUC delta, so `ami-edge info --json` tells users what they run.
+    """
+
+    precision: str
+    format: str
+    method: str
+    per_channel: bool
+    calibration: dict[str, Any] | None
+    reference: dict[str, Any]
+    report: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)  # activation / weight types, nodes quantized, gate
+
+    @classmethod
+    def parse(cls, r: _Reader, graphs: dict[str, GraphSpec]) -> Quantization:
+        precision = r.choice("precision", QUANT_PRECISIONS)
+        wrong = sorted(name for name, g in graphs.items() if g.precision != precision)
+        if wrong:
+            raise BundleError(f"{r.file}: field 'quantization.precision'={precision} but graphs {wrong} are not "
+                              f"{precision}; re-run `ami-edge quantize`")
+        fmt = r.choice("format", QUANT_FORMATS)
+        int8 = precision == "int8"
+        method = r.choice("method", QUANT_METHODS if int8 else ("float16",))
+        if fmt != ("QDQ" if int8 else "float16"):
+            raise BundleError(f"{r.file}: field 'quantization.format'={fmt} does not fit precision {precision}")
+        calibration = None
+        if int8:
+            c = r.sub("calibration")
+            c.get("source", str)
+            c.positive("clips")
+            calibration = c.data
+        elif r.get("calibration", dict, optional=True) is not None:
+            raise BundleError(f"{r.file}: field 'quantization.calibration' must be absent for fp16 (no calibration)")
+        report = r.sub("report")
+        report.get("eval_source", str)
+        report.positive("eval_frames")
+        # surprise_correlation and voe_auc_delta are null where they do not apply (no predictor, VoE skipped)
+        nullable = ("surprise_correlation", "voe_auc_delta")
+        values = {key: None if key in nullable and report.data.get(key) is None else report.get(key, (int, float))
+                  for key in ("latent_cosine_mean", "latent_cosine_min", "latent_max_abs", *nullable)}
+        for key in ("latent_cosine_mean", "latent_cosine_min", "surprise_correlation"):
+            if values[key] is not None and not -1.000001 <= values[key] <= 1.000001:
+                raise BundleError(f"{r.file}: field 'quantization.report.{key}'={values[key]} is not in [-1, 1]")
+        if values["latent_max_abs"] < 0:
+            raise BundleError(f"{r.file}: field 'quantization.report.latent_max_abs' must be >= 0")
+        return cls(precision=precision, format=fmt, method=method, per_channel=r.get("per_channel", bool),
+                   calibration=calibration, reference=r.get("reference", dict), report=report.data,
+                   settings=r.get("settings", dict, optional=True) or {})
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     name: str
@@ -190,6 +248,7 @@ class Manifest:
     provenance: dict[str, Any]
     model: dict[str, Any] = field(default_factory=dict)  # the JEPA config, to rebuild the torch model
     training: dict[str, Any] = field(default_factory=dict)  # recipe, seed and metrics of bundles trained here
+    quantization: Quantization | None = None  # INT8 / FP16 bundles made by `ami-edge quantize`
 
     @classmethod
     def parse(cls, data: Any, file: Path) -> Manifest:
@@ -221,10 +280,16 @@ class Manifest:
         name = r.get("name", str)
         if not name.isprintable():
             raise BundleError(f"{file}: field 'name' must be printable text")
+        quantization = None
+        if r.get("quantization", dict, optional=True) is not None:
+            quantization = Quantization.parse(r.sub("quantization"), graphs)
+        elif any(g.precision != "fp32" for g in graphs.values()):
+            raise BundleError(f"{file}: graphs are not all fp32 but field 'quantization' is missing (reduced-"
+                              "precision bundles record how they were made); re-run `ami-edge quantize`")
         return cls(schema_version=version, name=name, family=r.choice("family", FAMILIES), input=inp,
                    latent=latent, graphs=graphs, parity=parity, provenance=r.get("provenance", dict),
                    model=r.get("model", dict, optional=True) or {},
-                   training=r.get("training", dict, optional=True) or {})
+                   training=r.get("training", dict, optional=True) or {}, quantization=quantization)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -259,7 +259,7 @@ def _listen(args: argparse.Namespace) -> int:
 
 # `ami-edge calibrate WHAT`: each WHAT is a module ami_edge.calibration.WHAT exposing HELP, configure(parser) and
 # run(args); modules keep heavy imports inside run() so building the parser stays cheap.
-CALIBRATE_COMMANDS: tuple[str, ...] = ()
+CALIBRATE_COMMANDS: tuple[str, ...] = ("collect",)
 
 
 @command("calibrate", "calibration data: INT8 calibration frames, camera intrinsics, surprise baselines",
@@ -270,6 +270,42 @@ def _configure_calibrate(p: argparse.ArgumentParser) -> None:
         module = importlib.import_module(f"ami_edge.calibration.{name}")
         q = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(q)
+
+
+@command("quantize", "INT8 (QDQ) or FP16 copy of an FP32 bundle, with an accuracy report against FP32 and a gate",
+         run=lazy("ami_edge.export.quantize", "export"))
+def _configure_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="the FP32 bundle (path or shipped name)")
+    p.add_argument("--out", required=True, help="bundle directory to write, e.g. build/tiny-int8.amiedge")
+    p.add_argument("--name", help="bundle name recorded in the manifest (default: from --out)")
+    p.add_argument("--precision", choices=["int8", "fp16"], default="int8", help="default int8")
+    p.add_argument("--calib", help="calibration frames from `ami-edge calibrate collect` (int8)")
+    p.add_argument("--source", help="or collect calibration frames from this source URI now (int8)")
+    p.add_argument("--calib-frames", type=_positive_int, default=128,
+                   help="frames to collect with --source (default 128)")
+    p.add_argument("--max-clips", type=_positive_int, default=256,
+                   help="calibration clips used at most, spread over the file (default 256)")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="activation range calibration (default minmax)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-output-channel weight scales (default on)")
+    p.add_argument("--activation-type", choices=["int8", "uint8"], default="int8",
+                   help="int8: symmetric, what TensorRT needs (default); uint8: asymmetric")
+    p.add_argument("--eval-source", default="synthetic://bouncing?seed=424242",
+                   help="held-out frames for the accuracy report (default synthetic://bouncing?seed=424242)")
+    p.add_argument("--eval-frames", type=_positive_int, default=64, help="held-out frames (default 64)")
+    p.add_argument("--voe-pairs", type=int, default=10,
+                   help="VoE clip pairs per violation type for the AUC delta (default 10; 0 skips)")
+    p.add_argument("--min-cosine", type=float, default=0.99,
+                   help="refuse the result below this mean latent cosine vs FP32 (default 0.99)")
+    p.add_argument("--max-auc-drop", type=float, default=0.02,
+                   help="refuse the result when VoE-AUC moves by more than this (default 0.02)")
+
+
+@command("compare", "run two bundles (or one bundle on two backends) on the same frames and compare outputs",
+         run=lambda a: importlib.import_module("ami_edge.compare").run(a))
+def _configure_compare(p: argparse.ArgumentParser) -> None:
+    importlib.import_module("ami_edge.compare").configure(p)
 
 
 @command("info", "validate a model bundle and print its manifest summary", run=lambda a: _info(a))
