@@ -118,7 +118,9 @@ class Runtime:
         # Runners before the source: a bad backend must fail before a camera or capture thread is opened.
         self.encoder: Runner = make_runner(backend, self.bundle.graph_path("encoder")).activate()
         self.predictor: Runner | None = None
-        if self.bundle.has("predictor") and self.layout != "BCHW":
+        # RoPE predictors extrapolate to positions past the clip; sincos-table ones need T >= 2 steps per clip.
+        self._extrapolates = m.model.get("encoder", {}).get("pos_embed") == "rope"
+        if self.bundle.has("predictor") and self.layout != "BCHW" and (self._extrapolates or m.latent.grid[0] >= 2):
             self.predictor = make_runner(backend, self.bundle.graph_path("predictor")).activate()
         self.source = source if isinstance(source, Source) else (
             open_source(source) if isinstance(source, str) else _IterableSource(source))
@@ -137,8 +139,14 @@ class Runtime:
         t, h, w = m.latent.grid
         self.step_tokens = h * w
         n = t * h * w
-        self._ctx_ids = np.arange(n, dtype=np.int64)[None]  # (1, N): the whole clip is context
-        self._tgt_ids = np.arange(n, n + self.step_tokens, dtype=np.int64)[None]  # (1, HW): the step after it
+        # Which step the predictor is asked for. RoPE predictors take positions past the clip: the whole clip is
+        # context and the target is the step after it. Predictors with a fixed sincos table (V-JEPA 1 style) only
+        # know positions inside one clip: the clip's last T-1 steps are shifted down one step and the target is
+        # the last position, which is again "the step after the recent past", within the table.
+        self._ctx_skip = 0 if self._extrapolates else self.step_tokens  # tokens dropped from the front of the context
+        self._ctx_ids = np.arange(n - self._ctx_skip, dtype=np.int64)[None]  # (1, N or N - HW)
+        first = n - self._ctx_skip
+        self._tgt_ids = np.arange(first, first + self.step_tokens, dtype=np.int64)[None]  # (1, HW)
         # Preallocated: resized frame, the clip ring in (C, F, H, W), and the encoder's feed in the bundle layout.
         self._resized = np.empty((self.height, self.width, 3), np.uint8)
         self._ring = np.empty((3, self.frames, self.height, self.width), np.float32)
@@ -200,7 +208,7 @@ class Runtime:
         """Predicted tokens (H'W', D) of the step after the clip whose tokens (N, D) are given."""
         if self.predictor is None:
             raise ConfigError(f"bundle {self.bundle.path} has no predictor graph for this input")
-        return self.predictor.infer({"context": tokens[None], "context_ids": self._ctx_ids,
+        return self.predictor.infer({"context": tokens[None, self._ctx_skip:], "context_ids": self._ctx_ids,
                                      "target_ids": self._tgt_ids})["prediction"][0]
 
     # ------------------------------------------------------------------------------------------- actions

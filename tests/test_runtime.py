@@ -93,3 +93,26 @@ def test_surprise_baseline_is_calm_then_flags_events():
     mean_before = base.mean
     z, event = base.update(3.0)  # 40 standard deviations
     assert event and z > 4.0 and base.mean == mean_before  # an event does not move the baseline
+
+
+def test_sincos_predictor_is_asked_for_positions_inside_its_table(tmp_path):
+    """A V-JEPA-1-style predictor (fixed sincos table, no extrapolation) gets the clip's last T-1 steps shifted to
+    positions [0, N-HW) and predicts position step T-1: the step after the recent past, inside the table."""
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    bundle = export_bundle(load_preset("tiny-vjepa", seed=2), tmp_path / "sincos.amiedge")
+    t, h, w = bundle.manifest.latent.grid
+    assert bundle.manifest.model["encoder"]["pos_embed"] != "rope" and t >= 2
+    n, hw = t * h * w, h * w
+    frames = _frames(12)
+    with Runtime(bundle, source=frames) as rt:
+        states = list(rt.stream())
+    f = bundle.manifest.input.frames
+    s = states[-1]
+    tokens = _reference_tokens(bundle, frames[s.seq - f + 1:s.seq + 1])
+    session = ort.InferenceSession(str(bundle.graph_path("predictor")), providers=["CPUExecutionProvider"])
+    ref = session.run(None, {"context": tokens[None, hw:], "context_ids": np.arange(n - hw)[None],
+                             "target_ids": np.arange(n - hw, n)[None]})[0][0]
+    np.testing.assert_allclose(s.prediction, ref.mean(0), atol=1e-5)
+    assert all(np.isfinite(x.raw_surprise) for x in states[2:])
