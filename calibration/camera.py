@@ -283,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        # One key per line (K and the per-view list stay compact), so the file reads well and diffs well.
+        body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items())
+        tmp.write_text("{\n" + body + "\n}\n", encoding="utf-8")
         os.replace(tmp, out)
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc

@@ -240,7 +240,7 @@ def _listen(args: argparse.Namespace) -> int:
 
 # `ami-edge calibrate WHAT`: each WHAT is a module ami_edge.calibration.WHAT exposing HELP, configure(parser) and
 # run(args); modules keep heavy imports inside run() so building the parser stays cheap.
-CALIBRATE_COMMANDS: tuple[str, ...] = ()
+CALIBRATE_COMMANDS: tuple[str, ...] = ("camera", "surprise")
 
 
 @command("calibrate", "calibration data: INT8 calibration frames, camera intrinsics, surprise baselines",

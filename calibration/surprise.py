@@ -1,0 +1,3 @@
+HELP="x"
+def configure(p): pass
+def run(a): return 0
