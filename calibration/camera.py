@@ -89,7 +89,7 @@ def find_corners(gray: np.ndarray, pattern: tuple[int, int]) -> np.ndarray | Non
     corners = ((corners + 0.5) / scale - 0.5).astype(np.float32)  # (N, 1, 2) pixel centres at full resolution
     # The refinement window must stay inside one square, or it pulls towards the neighbouring corners.
     grid = corners.reshape(pattern[1], pattern[0], 2)
-    spacing = min(np.linalg.norm(np.diff(grid, axis=1), axis=2).min(), np.linalg.norm(np.diff(grid, axis=0), axis=2).min())
+    spacing = min(np.linalg.norm(np.diff(grid, axis=a), axis=2).min() for a in (0, 1))  # nearest corners, pixels
     win = int(np.clip(spacing * 0.4, 2, 11))
     cv2.cornerSubPix(gray, corners, (win, win), (-1, -1),
                      (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-3))

@@ -168,10 +168,13 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", action="append", metavar="URI",
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
-    p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4)")
+    p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4, or the "
+                                                   "--surprise-calibration's)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and /healthz, e.g. 127.0.0.1:8080")
     p.add_argument("--http-token", help="required to bind --http beyond localhost")
     p.add_argument("--camera", metavar="camera.json", help="camera intrinsics: undistort frames before the model")
+    p.add_argument("--surprise-calibration", metavar="surprise.json",
+                   help="calm baseline and threshold from `ami-edge calibrate surprise` for this model")
     p.add_argument("--control", metavar="zmq://HOST:PORT", help="accept actions / commands (off by default)")
     p.add_argument("--control-token", help="required to bind --control beyond localhost")
 
