@@ -44,7 +44,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--square", default="0.025", help="side of one square in metres (default 0.025)")
     p.add_argument("--out", default="camera.json", help="where to write the intrinsics (default camera.json)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--max-views", type=int, default=40, help="most varied views to calibrate on (default 40)")
+    p.add_argument("--max-views", type=int, default=40,
+                   help="most varied views to calibrate on (default 40); a live camera stops once it has seen this "
+                        "many distinct views, unless --frames or --seconds is given")
     p.add_argument("--min-views", type=int, default=10, help="fewest distinct views accepted (default 10)")
     p.add_argument("--distortion", choices=list(DISTORTION), default="k1k2k3",
                    help="lens model: k1k2 (+p1 p2), k1k2k3 (default, OpenCV's 5 coefficients), rational (8; wide "
@@ -141,7 +143,8 @@ def collect(source_uri: str, pattern: tuple[int, int], frames: int | None, secon
     from ..sources import LatestFrame, open_source
 
     source = open_source(source_uri)
-    if source.live:  # a camera: look at the newest frame, never at a backlog
+    live = source.live
+    if live:  # a camera: look at the newest frame, never at a backlog
         source = LatestFrame(source)
     det = Detections()
     start = last_report = time.monotonic()
@@ -164,7 +167,7 @@ def collect(source_uri: str, pattern: tuple[int, int], frames: int | None, secon
                       file=sys.stderr, flush=True)
                 last_report = now
             if (frames is not None and det.frames >= frames) or (seconds is not None and now - start >= seconds) \
-                    or (source.live and frames is None and seconds is None and len(det.corners or []) >= max_views):
+                    or (live and frames is None and seconds is None and len(det.corners or []) >= max_views):
                 break
     finally:
         source.close()

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         if rt.predictor is None:
             raise ConfigError(f"model {rt.bundle.manifest.name} at {rt.bundle.path} has no video predictor, so it "
                               "produces no surprise: nothing to calibrate")
-        if rt.source.live and args.seconds is None and args.frames is None:
+        live = isinstance(rt.source, LatestFrame)  # the runtime wraps live sources (cameras, paced streams)
+        if live and args.seconds is None and args.frames is None:
             raise ConfigError(f"{args.source} is live and never ends: give --seconds S (or --frames N)")
         print(f"ami-edge calibrate surprise: {rt.describe()}", file=sys.stderr, flush=True)
         raw: list[float] = []
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 last_report = now
             if args.seconds is not None and now - start >= args.seconds:
                 break
-        dropped = rt.source.dropped if isinstance(rt.source, LatestFrame) else 0
+        dropped = rt.source.dropped if live else 0
         manifest, bundle_path, ident, backend = rt.bundle.manifest, rt.bundle.path, model_id(rt.bundle), \
             rt.encoder.describe()
     finally:

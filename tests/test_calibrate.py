@@ -11,6 +11,7 @@ the true corners projected by cv2.projectPoints.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -206,6 +207,16 @@ def test_video_near_duplicates_are_skipped_and_views_capped(held_video, tmp_path
                           "already exists", "--force")
 
 
+def test_live_source_stops_at_max_views(rendered, tmp_path):
+    """A camera never ends: with no --frames / --seconds, calibration starts once --max-views distinct views are in.
+    An image folder paced at 50 fps and looped is a live source that never ends either."""
+    out = tmp_path / "camera.json"
+    proc = run_cli("calibrate", "camera", "--source", f"file://{rendered[0]}?fps=50&loop=1", "--max-views", "12",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "12 distinct views, 12 used" in proc.stdout and CameraModel.load(out).width == W
+
+
 def test_camera_bad_inputs_are_one_line(rendered, tmp_path):
     folder = rendered[0]
     out = str(tmp_path / "camera.json")
@@ -225,4 +236,165 @@ def test_camera_bad_inputs_are_one_line(rendered, tmp_path):
         shutil.copy(folder / f"view_{i:02d}.png", dupes / f"other_{i:02d}.png")
     assert_one_line_error(run_cli("calibrate", "camera", "--source", str(dupes), "--out", out),
                           "only 4 distinct views of the board (found in 15 of 15 frames)", "at least 10")
+    assert not Path(out).exists()
+
+
+# ------------------------------------------------------------------------------------------------ surprise
+CALM = "synthetic://bouncing?seed=1&size=64"
+
+
+@pytest.fixture(scope="module")
+def persistence_bundle(video_bundle, tmp_path_factory):
+    """The tiny bundle's encoder with a persistence predictor: "the next step looks like the last one".
+
+    The fixture's predictor has random weights, so its error barely reacts to what happens in the scene (a splice
+    even lowers it). Persistence is the simplest real world model: its error is how much the scene's tokens changed
+    in k frames, small for smooth motion and large for a jump. It is a genuine ONNX graph run by ONNX Runtime.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    path = tmp_path_factory.mktemp("persist") / "persist.amiedge"
+    shutil.copytree(video_bundle.path, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    dim = manifest["latent"]["dim"]
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["target_ids"], ["target_shape"]),
+         helper.make_node("Gather", ["target_shape", "one"], ["targets"], axis=0),
+         helper.make_node("Neg", ["targets"], ["start"]),
+         helper.make_node("Slice", ["context", "start", "end", "one"], ["prediction"])],  # the last `targets` tokens
+        "persistence",
+        [helper.make_tensor_value_info("context", TensorProto.FLOAT, ["batch", "context", dim]),
+         helper.make_tensor_value_info("context_ids", TensorProto.INT64, ["batch", "context"]),
+         helper.make_tensor_value_info("target_ids", TensorProto.INT64, ["batch", "target"])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", "target", dim])],
+        initializer=[helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("end", TensorProto.INT64, [1], [2 ** 62])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path / "predictor.onnx")
+    from ami_edge.bundle import sha256_file
+
+    manifest["graphs"]["predictor"]["sha256"] = sha256_file(path / "predictor.onnx")
+    manifest["name"] = "tiny-persistence"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def _calm_frames(n: int) -> list[np.ndarray]:
+    from ami_edge import open_source
+
+    return [f.image for f in open_source(f"{CALM}&frames={n}")]
+
+
+@pytest.fixture(scope="module")
+def surprise_json(persistence_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("surprise") / "surprise.json"
+    proc = run_cli("calibrate", "surprise", "--model", str(persistence_bundle), "--source", CALM, "--frames", "300",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "288 calm surprise values (300 states, first 10 skipped" in proc.stdout
+    return out
+
+
+def test_calibrate_surprise_writes_the_calm_statistics(persistence_bundle, surprise_json):
+    from ami_edge import Runtime, load_bundle
+    from ami_edge.surprise_calibration import model_id
+
+    data = json.loads(surprise_json.read_text())
+    # The same stream through a plain Runtime, statistics computed here
+    with Runtime(persistence_bundle, source=_calm_frames(303)) as rt:  # 300 states from 303 frames (4-frame clips)
+        raw = np.array([s.raw_surprise for s in rt.stream() if s.raw_surprise is not None])[10:]
+    median = np.median(raw)
+    assert data["samples"] == raw.size == 288 and data["frames"] == 300
+    assert data["baseline"]["center"] == pytest.approx(median, rel=1e-6)
+    assert data["baseline"]["scale"] == pytest.approx(1.4826 * np.median(np.abs(raw - median)), rel=1e-6)
+    assert data["baseline"]["percentiles"]["p99"] == pytest.approx(np.percentile(raw, 99), rel=1e-6)
+    z = (raw - median) / data["baseline"]["scale"]
+    assert data["threshold"]["z"] == pytest.approx(max(4.0, np.quantile(z, 0.999)), rel=1e-6)
+    assert data["threshold"]["calm_event_rate"] == pytest.approx(np.mean(z > data["threshold"]["z"]))
+    assert data["model"] == {"name": "tiny-persistence", "id": model_id(load_bundle(persistence_bundle))}
+    assert data["schema_version"] == 1 and data["source"] == CALM
+
+
+def test_calibrated_runtime_is_calm_then_flags_a_jump(persistence_bundle, surprise_json):
+    from ami_edge import Runtime
+
+    cal = json.loads(surprise_json.read_text())
+    center, scale, threshold = cal["baseline"]["center"], cal["baseline"]["scale"], cal["threshold"]["z"]
+    frames = _calm_frames(160)
+    # Uncalibrated: the running baseline needs 20 surprise values before its first z-score.
+    with Runtime(persistence_bundle, source=frames[:40]) as rt:
+        assert sum(s.surprise is not None for s in rt.stream()) == 37 - 2 - 20
+    # Calibrated, the same calm stream: a z-score from the first surprise value on, centred near 0, no event.
+    with Runtime(persistence_bundle, source=frames, surprise_calibration=surprise_json) as rt:
+        calm = [s for s in rt.stream() if s.raw_surprise is not None]
+    zs = np.array([s.surprise for s in calm])
+    assert len(calm) == 160 - 3 - 2 and abs(np.median(zs)) < 0.5 and not any(s.event for s in calm)
+    for s in calm:
+        assert s.surprise == pytest.approx((s.raw_surprise - center) / scale) and s.event == (s.surprise > threshold)
+    # The camera jumps sideways at frame 100 (the same scene, spliced 20 px over): events there, and only there.
+    jumped = frames[:100] + [np.roll(f, 20, axis=1) for f in frames[100:160]]
+    with Runtime(persistence_bundle, source=jumped, surprise_calibration=surprise_json) as rt:
+        states = list(rt.stream())
+    flagged = [s.seq for s in states if s.event]
+    assert flagged and min(flagged) >= 100 and max(flagged) < 100 + 4  # within a clip of the jump
+    assert max(s.surprise for s in states if s.seq in flagged) > 2 * threshold
+
+
+def test_serve_loads_the_calibration_and_refuses_another_models(persistence_bundle, video_bundle, surprise_json,
+                                                                tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text(f'model = "{persistence_bundle}"\nsource = "{CALM}"\nmax_frames = 30\n'
+                      f'surprise_calibration = "{surprise_json}"\n')
+    proc = run_cli("serve", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert f"surprise baseline from {surprise_json} (model tiny-persistence, 288 calm samples" in proc.stderr
+    assert_one_line_error(run_cli("serve", "--model", str(video_bundle.path), "--source", CALM, "--max-frames", "5",
+                                  "--surprise-calibration", str(surprise_json)),
+                          "was calibrated for model 'tiny-persistence'", "not 'tiny'", "calibrate surprise --model")
+
+
+def _edited(source: Path, tmp_path: Path, edit) -> Path:
+    data = json.loads(source.read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["baseline"].update(scale=-1.0), "'baseline.scale' must be a number > 0"),
+    (lambda d: d["baseline"].pop("center"), "missing field 'baseline.center'"),
+    (lambda d: d["threshold"].update(z="4"), "'threshold.z' must be a number"),
+    (lambda d: d["threshold"].update(z=True), "'threshold.z' must be a number"),
+    (lambda d: d.update(extra=1), "unknown field(s) extra"),
+    (lambda d: d.update(schema_version=2), "newer than this ami-edge reads"),
+    (lambda d: d.update(schema="something-else"), "is not a surprise calibration"),
+    (lambda d: d["model"].update(id="abc"), "'model.id' must be 64 lowercase hex digits"),
+    (lambda d: d["baseline"]["percentiles"].update(p99=1e9), "must not decrease"),
+])
+def test_malformed_calibration_is_refused(persistence_bundle, surprise_json, tmp_path, edit, fragment):
+    from ami_edge import ConfigError, Runtime
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Runtime(persistence_bundle, source=[], surprise_calibration=_edited(surprise_json, tmp_path, edit))
+
+
+def test_calibration_file_errors_are_one_line(persistence_bundle, surprise_json, tmp_path):
+    bad = tmp_path / "nan.json"
+    bad.write_text(surprise_json.read_text().replace('"center": ', '"center": NaN, "was": '))
+    assert_one_line_error(run_cli("serve", "--model", str(persistence_bundle), "--source", CALM,
+                                  "--surprise-calibration", str(bad)), "is not valid JSON", "NaN")
+    assert_one_line_error(run_cli("serve", "--model", str(persistence_bundle), "--source", CALM,
+                                  "--surprise-calibration", str(tmp_path / "missing.json")),
+                          "cannot read surprise calibration")
+    out = str(tmp_path / "s.json")
+    assert_one_line_error(run_cli("calibrate", "surprise", "--model", str(persistence_bundle), "--source", CALM,
+                                  "--frames", "40", "--out", out),
+                          "only 28 surprise values after the warm-up of 10 (40 states", "record longer")
+    assert_one_line_error(run_cli("calibrate", "surprise", "--model", str(persistence_bundle), "--source",
+                                  f"{CALM}&fps=30", "--out", out), "is live and never ends", "--seconds")
+    assert_one_line_error(run_cli("calibrate", "surprise", "--model", str(persistence_bundle), "--source", CALM,
+                                  "--frames", "60", "--out", str(surprise_json)), "already exists", "--force")
     assert not Path(out).exists()
