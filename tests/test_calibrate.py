@@ -1,11 +1,8 @@
 """`ami-edge calibrate camera` and `calibrate surprise`, run as a user runs them, on inputs with a known answer.
 
-Camera: chessboard views are rendered through a known pinhole + Brown-Conrady lens. Every output pixel's ray is
-found by inverting the lens model (cv2.undistortPoints, refined to 1e-5 px by fixed-point steps on the forward
-model, whose agreement with cv2.projectPoints is checked), then intersected with the board plane. Edges are
-anti-aliased analytically (pixel coverage from the distance to the nearest square edge in pixels). The renderer itself
-is verified: the corners OpenCV finds in a rendered view sit within 0.25 px (0.06 px on average, no common offset) of
-the true corners projected by cv2.projectPoints.
+Camera: chessboard views rendered through a known pinhole + Brown-Conrady lens (tests/lens_render.py). The renderer
+itself is verified first: the corners OpenCV finds in a rendered view sit within 0.25 px (0.06 px on average, no
+common offset) of the true corners projected by cv2.projectPoints.
 """
 
 from __future__ import annotations
@@ -22,95 +19,18 @@ import pytest
 from ami_edge.camera_model import CameraModel, Undistorter
 
 from .conftest import assert_one_line_error, run_cli
+from .lens_render import COLS, DIST_TRUE, K_TRUE, ROWS, H, W, render_views, true_corners
 
-W, H = 640, 480
-K_TRUE = np.array([[520.0, 0, 323.5], [0, 516.0, 236.0], [0, 0, 1]])
-DIST_TRUE = np.array([-0.30, 0.11, 0.0008, -0.0006, 0.0])  # k1 k2 p1 p2 k3: strong barrel, slight decentring
-COLS, ROWS, SQUARE = 9, 6, 0.025
 POSES = 20
-
-
-# ------------------------------------------------------------------------------------------------ rendering
-def _distort(xy: np.ndarray) -> np.ndarray:
-    """The forward lens model on normalised coordinates (..., 2), as OpenCV defines it."""
-    k1, k2, p1, p2, k3 = DIST_TRUE
-    x, y = xy[..., 0], xy[..., 1]
-    r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
-    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], -1)
-
-
-def _pixel_rays() -> np.ndarray:
-    """(H, W, 2) normalised undistorted ray of every pixel centre of the distorted image."""
-    uu, vv = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-    seen = np.stack([(uu - K_TRUE[0, 2]) / K_TRUE[0, 0], (vv - K_TRUE[1, 2]) / K_TRUE[1, 1]], -1)
-    rays = cv2.undistortPoints(np.stack([uu, vv], -1).reshape(-1, 1, 2), K_TRUE, DIST_TRUE).reshape(H, W, 2)
-    for _ in range(10):  # OpenCV's default 5 iterations leave ~0.04 px at the corners; refine to convergence
-        rays = rays + (seen - _distort(rays))
-    return rays
-
-
-def _coverage(coord: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Pixel coverage (0..1) of the band lo <= coord <= hi, from the distance to its edges in pixels."""
-    per_px = np.hypot(*np.gradient(coord))  # board units per pixel across the edge
-    return np.clip(0.5 + np.minimum(coord - lo, hi - coord) / per_px, 0, 1)
-
-
-def _render(rays: np.ndarray, rvec: np.ndarray, tvec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) uint8 view of the board (white margin, on grey) at pose (rvec, tvec) through the true lens."""
-    R, _ = cv2.Rodrigues(rvec)
-    to_board = np.linalg.inv(np.column_stack([R[:, 0], R[:, 1], tvec]))  # camera ray -> board plane (X, Y, 1)
-    b = np.concatenate([rays, np.ones((H, W, 1))], -1) @ to_board.T
-    X, Y = b[..., 0] / b[..., 2], b[..., 1] / b[..., 2]
-
-    def square_sign(coord: np.ndarray) -> np.ndarray:  # +-1 by square parity, a 1-pixel ramp across each edge
-        m = np.round(coord / SQUARE)
-        ramp = np.clip(2 * (coord - m * SQUARE) / np.hypot(*np.gradient(coord)), -1, 1)
-        return np.where(m % 2 == 0, 1.0, -1.0) * ramp
-
-    white = 0.5 + 0.5 * square_sign(X) * square_sign(Y)
-    board = _coverage(X, -SQUARE, COLS * SQUARE) * _coverage(Y, -SQUARE, ROWS * SQUARE)
-    paper = _coverage(X, -2 * SQUARE, (COLS + 1) * SQUARE) * _coverage(Y, -2 * SQUARE, (ROWS + 1) * SQUARE)
-    value = 110 + 115 * paper - 200 * board * (1 - white) + rng.normal(0, 1.0, (H, W))
-    return np.clip(np.round(value), 0, 255).astype(np.uint8)
-
-
-def _true_corners(rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
-    obj = np.array([[i * SQUARE, j * SQUARE, 0] for j in range(ROWS) for i in range(COLS)])
-    return cv2.projectPoints(obj, rvec, tvec, K_TRUE, DIST_TRUE)[0].reshape(-1, 2)
-
-
-def _random_pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A tilted pose with the whole board and its margin in view, anywhere in the image."""
-    centre = np.array([(COLS - 1) * SQUARE / 2, (ROWS - 1) * SQUARE / 2, 0])
-    xs, ys = np.linspace(-2, COLS + 1, 12) * SQUARE, np.linspace(-2, ROWS + 1, 9) * SQUARE
-    outline = np.array([[x, y, 0] for x in xs for y in ys[[0, -1]]] + [[x, y, 0] for y in ys for x in xs[[0, -1]]])
-    while True:
-        rvec = rng.uniform([-0.6, -0.6, -0.3], [0.6, 0.6, 0.3])
-        z = rng.uniform(0.38, 0.6)
-        tvec = np.array([rng.uniform(-0.45, 0.45), rng.uniform(-0.35, 0.35), 1.0]) * z - cv2.Rodrigues(rvec)[0] @ centre
-        pts = cv2.projectPoints(outline, rvec, tvec, K_TRUE, DIST_TRUE)[0].reshape(-1, 2)
-        if (pts > 4).all() and (pts[:, 0] < W - 5).all() and (pts[:, 1] < H - 5).all():
-            return rvec, tvec
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """POSES rendered views as an image folder, plus the rays and true poses."""
-    rng = np.random.default_rng(7)
-    rays = _pixel_rays()
+    rays, poses, images = render_views(POSES, seed=7)
     folder = tmp_path_factory.mktemp("views")
-    poses, images = [], []
-    for i in range(POSES):
-        rvec, tvec = _random_pose(rng)
-        while any(np.linalg.norm(_true_corners(rvec, tvec) - _true_corners(*p), axis=1).mean() < 0.03 * np.hypot(W, H)
-                  for p in poses):  # distinct poses: corners 3 % of the diagonal apart (the tool's cut is 1 %)
-            rvec, tvec = _random_pose(rng)
-        image = _render(rays, rvec, tvec, rng)
+    for i, image in enumerate(images):
         cv2.imwrite(str(folder / f"view_{i:02d}.png"), image)
-        poses.append((rvec, tvec))
-        images.append(image)
     return folder, rays, poses, images
 
 
@@ -130,7 +50,7 @@ def test_renderer_is_the_lens_model(rendered):
         win = int(min(5, spacing * 0.4))  # the refinement window must stay inside one (foreshortened) square
         cv2.cornerSubPix(image, corners, (win, win), (-1, -1),
                          (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-3))
-        corners, truth = corners.reshape(-1, 2), _true_corners(rvec, tvec)
+        corners, truth = corners.reshape(-1, 2), true_corners(rvec, tvec)
         corners = min(corners, corners[::-1], key=lambda c: np.abs(c - truth).max())  # OpenCV numbers from either end
         error = np.linalg.norm(corners - truth, axis=1)
         assert error.max() < 0.25 and error.mean() < 0.1, error  # ~0.06 px: cornerSubPix's ideal-corner model
