@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -119,21 +119,32 @@ def select_views(views: np.ndarray, count: int) -> list[int]:
 
 @dataclass
 class Detections:
-    """What the frames gave: distinct views' corners and where they came from."""
+    """What the frames gave: the corners of each distinct view, and the frame each came from."""
 
     size: tuple[int, int] | None = None  # (width, height)
     frames: int = 0
     found: int = 0
-    corners: list[np.ndarray] | None = None  # each (N, 2)
-    seqs: list[int] | None = None
+    seqs: list[int] = field(default_factory=list)
+    _kept: np.ndarray | None = None  # (capacity, N, 2): the first len(seqs) rows are the distinct views
+
+    @property
+    def corners(self) -> np.ndarray:
+        """(V, N, 2) corners of the distinct views."""
+        return np.zeros((0, 0, 2), np.float32) if self._kept is None else self._kept[:len(self.seqs)]
 
     def offer(self, corners: np.ndarray, seq: int, min_move_px: float) -> bool:
         """Keep the view unless a kept one already has nearly the same corners."""
         self.found += 1
-        if self.corners and _moves(np.stack(self.corners), corners).min() < min_move_px:
+        n = len(self.seqs)
+        if n and _moves(self._kept[:n], corners).min() < min_move_px:
             return False
-        self.corners = (self.corners or []) + [corners]
-        self.seqs = (self.seqs or []) + [seq]
+        if self._kept is None or n == len(self._kept):  # grow by doubling: no per-frame copy of every view
+            grown = np.empty((max(64, 2 * n), *corners.shape), np.float32)
+            if n:
+                grown[:n] = self._kept[:n]
+            self._kept = grown
+        self._kept[n] = corners
+        self.seqs.append(seq)
         return True
 
 
@@ -163,11 +174,11 @@ def collect(source_uri: str, pattern: tuple[int, int], frames: int | None, secon
                 det.offer(corners, frame.seq, MIN_MOVE * math.hypot(*size))
             now = time.monotonic()
             if now - last_report >= 1.0:
-                print(f"  frames {det.frames}, board found in {det.found}, distinct views {len(det.corners or [])}",
+                print(f"  frames {det.frames}, board found in {det.found}, distinct views {len(det.seqs)}",
                       file=sys.stderr, flush=True)
                 last_report = now
             if (frames is not None and det.frames >= frames) or (seconds is not None and now - start >= seconds) \
-                    or (live and frames is None and seconds is None and len(det.corners or []) >= max_views):
+                    or (live and frames is None and seconds is None and len(det.seqs) >= max_views):
                 break
     finally:
         source.close()
@@ -253,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"ami-edge calibrate camera: looking for a {board} chessboard in {args.source}", file=sys.stderr,
           flush=True)
     det = collect(args.source, pattern, args.frames, args.seconds, args.max_views)
-    distinct = len(det.corners or [])
+    distinct = len(det.seqs)
     if det.size is None:
         raise ConfigError(f"{args.source} gave no frames")
     if not det.found:
@@ -264,8 +275,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"only {distinct} distinct views of the board (found in {det.found} of {det.frames} "
                           f"frames); calibration needs at least {args.min_views} (--min-views): show the board at "
                           "more positions and tilts, into the image corners")
-    assert det.corners is not None and det.seqs is not None
-    chosen = select_views(np.stack(det.corners), args.max_views)
+    chosen = select_views(det.corners, args.max_views)
     views, seqs = [det.corners[i] for i in chosen], [det.seqs[i] for i in chosen]
     result, kept, first_errors = calibrate(views, board_points(pattern, square), det.size, args.distortion,
                                            args.min_views)

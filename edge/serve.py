@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"ami-edge serve: {rt.describe()}", file=log, flush=True)
     if rt.calibration is not None:
         print(f"ami-edge serve: {rt.calibration.describe()}"
-              + (f" (--threshold {cfg.threshold:g} wins)" if cfg.threshold is not None else ""), file=log, flush=True)
+              + (f"; threshold {cfg.threshold:g} given, it wins" if cfg.threshold is not None else ""), file=log,
+              flush=True)
     for p in publishers:
         print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
     if http is not None:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle
+from .bundle import Bundle, _reject_constant
 from .errors import ConfigError
 
 SCHEMA = "ami-edge.surprise-calibration"
@@ -47,7 +47,10 @@ def model_id(bundle: Bundle) -> str:
 
 
 class _Fields:
-    """Typed, strict access to one JSON object of the file; every error names the file and the field."""
+    """Typed, strict access to one JSON object of the file; every error names the file and the field.
+
+    Like bundle._Reader, but a user's config file rather than a bundle: ConfigError, unknown fields rejected (a
+    misspelt key must not fall back silently), and numbers checked finite and in range."""
 
     def __init__(self, data: Any, where: str, path: Path, known: set[str]):
         if not isinstance(data, dict):
@@ -86,10 +89,6 @@ class _Fields:
 
     def sub(self, key: str, known: set[str]) -> _Fields:
         return _Fields(self.get(key, dict, "a JSON object"), self._name(key), self.path, known)
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid number")
 
 
 @dataclass(frozen=True)
