@@ -253,6 +253,11 @@ def test_calibrated_runtime_is_calm_then_flags_a_jump(persistence_bundle, surpri
     assert len(calm) == 160 - 3 - 2 and abs(np.median(zs)) < 0.5 and not any(s.event for s in calm)
     for s in calm:
         assert s.surprise == pytest.approx((s.raw_surprise - center) / scale) and s.event == (s.surprise > threshold)
+    # An explicit threshold wins over the calibrated one; the calibrated centre and scale stay.
+    with Runtime(persistence_bundle, source=frames[:40], surprise_calibration=surprise_json, threshold=0.5) as rt:
+        low = [s for s in rt.stream() if s.surprise is not None]
+    assert any(s.event for s in low) and all(s.event == (s.surprise > 0.5) for s in low)
+    assert low[0].surprise == pytest.approx((low[0].raw_surprise - center) / scale)
     # The camera jumps sideways at frame 100 (the same scene, spliced 20 px over): events there, and only there.
     jumped = frames[:100] + [np.roll(f, 20, axis=1) for f in frames[100:160]]
     with Runtime(persistence_bundle, source=jumped, surprise_calibration=surprise_json) as rt:
