@@ -127,6 +127,25 @@ def test_video_near_duplicates_are_skipped_and_views_capped(held_video, tmp_path
                           "already exists", "--force")
 
 
+def test_a_warped_view_is_dropped_as_an_outlier(rendered, tmp_path):
+    """A view that no lens can produce (the print wobbles by 3 px) stands out by its reprojection error and is
+    dropped; the refit without it still recovers the lens."""
+    folder = tmp_path / "views"
+    shutil.copytree(rendered[0], folder)
+    centres = [true_corners(*pose).mean(0) for pose in rendered[2]]
+    i = int(np.argmin([np.hypot(*(c - (W / 2, H / 2))) for c in centres]))  # room to move it 12 px
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)  # moved (a new pose for the duplicate check) and wobbled
+    wobble = cv2.remap(rendered[3][i], xx + 12 + 3 * np.sin(yy / 9), yy + 3 * np.sin(xx / 13), cv2.INTER_LINEAR)
+    cv2.imwrite(str(folder / "warped.png"), wobble)  # sorts last: frame 20
+    out = tmp_path / "camera.json"
+    proc = run_cli("calibrate", "camera", "--source", str(folder), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{POSES + 1} distinct views, {POSES} used (1 dropped as outliers: frame {POSES} " in proc.stdout
+    data = json.loads(out.read_text())
+    assert POSES not in [v["frame"] for v in data["per_view"]] and data["rms_px"] < 0.2
+    assert data["K"][0][0] == pytest.approx(K_TRUE[0, 0], rel=0.01)
+
+
 def test_live_source_stops_at_max_views(rendered, tmp_path):
     """A camera never ends: with no --frames / --seconds, calibration starts once --max-views distinct views are in.
     An image folder paced at 50 fps and looped is a live source that never ends either."""
