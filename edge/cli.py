@@ -171,10 +171,13 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", action="append", metavar="URI",
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
-    p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4)")
+    p.add_argument("--threshold", type=float, help="surprise z-score that flags an event (default: 4, or the "
+                                                   "--surprise-calibration's)")
     p.add_argument("--http", metavar="HOST:PORT", help="serve /metrics and /healthz, e.g. 127.0.0.1:8080")
     p.add_argument("--http-token", help="required to bind --http beyond localhost")
     p.add_argument("--camera", metavar="camera.json", help="camera intrinsics: undistort frames before the model")
+    p.add_argument("--surprise-calibration", metavar="surprise.json",
+                   help="calm baseline and threshold from `ami-edge calibrate surprise` for this model")
     p.add_argument("--control", metavar="zmq://HOST:PORT", help="accept actions / commands (off by default)")
     p.add_argument("--control-token", help="required to bind --control beyond localhost")
 
@@ -259,7 +262,7 @@ def _listen(args: argparse.Namespace) -> int:
 
 # `ami-edge calibrate WHAT`: each WHAT is a module ami_edge.calibration.WHAT exposing HELP, configure(parser) and
 # run(args); modules keep heavy imports inside run() so building the parser stays cheap.
-CALIBRATE_COMMANDS: tuple[str, ...] = ("collect",)
+CALIBRATE_COMMANDS: tuple[str, ...] = ("collect", "camera", "surprise")
 
 
 @command("calibrate", "calibration data: INT8 calibration frames, camera intrinsics, surprise baselines",

@@ -4,8 +4,9 @@
     source = "auto"
     backend = "auto"
     publish = ["serial:///dev/ttyACM0?baud=921600&latent_dim=16"]
-    threshold = 4.0
+    threshold = 4.0                               # or leave out: 4, or the surprise calibration's
     max_frames = 1000
+    surprise_calibration = "surprise.json"        # from `ami-edge calibrate surprise`
 
 Flags given on the command line win over the file.
 """
@@ -27,13 +28,14 @@ class ServeConfig:
     source: str = "auto"  # the first camera found, else the synthetic world
     backend: str = "auto"
     publish: list[str] = field(default_factory=list)
-    threshold: float = 4.0
+    threshold: float | None = None  # default 4, or the surprise calibration's
     max_frames: int | None = None
     http: str | None = None
     http_token: str | None = None
     control: str | None = None
     control_token: str | None = None
     camera: str | None = None  # camera.json intrinsics: undistort frames before the model
+    surprise_calibration: str | None = None  # surprise.json: calibrated calm baseline and threshold for the model
 
     def __post_init__(self) -> None:
         for name in ("model", "source", "backend"):
@@ -41,9 +43,11 @@ class ServeConfig:
                 raise ConfigError(f"serve config: '{name}' must be a non-empty string, got {getattr(self, name)!r}")
         if not isinstance(self.publish, list) or not all(isinstance(u, str) for u in self.publish):
             raise ConfigError(f"serve config: 'publish' must be a list of URIs, got {self.publish!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold <= 0:
+        threshold = self.threshold  # None: 4, or the surprise calibration's
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0 < threshold < float("inf")):
             raise ConfigError(f"serve config: 'threshold' must be a number > 0, got {self.threshold!r}")
-        for name in ("http", "http_token", "control", "control_token", "camera"):
+        for name in ("http", "http_token", "control", "control_token", "camera", "surprise_calibration"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"serve config: '{name}' must be a non-empty string, got {value!r}")

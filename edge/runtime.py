@@ -9,7 +9,8 @@ Per frame: resize (INTER_LINEAR) and normalise into a preallocated clip ring buf
 encoder sees the latest `frames` frames (stride 1). The predictor then predicts the tokens of the next tubelet step
 (k = tubelet frames ahead) from them. Surprise at frame t is the mean squared error between the prediction made at
 t - k and the tokens the encoder now sees for the step ending at t, turned into a z-score against a running
-baseline of calm frames; `event` is the z-score above a threshold.
+baseline of calm frames; `event` is the z-score above a threshold. With a surprise calibration (surprise.json from
+`ami-edge calibrate surprise`) the baseline is the calibrated calm scene's instead, fixed, from the first frame.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .camera_model import CameraModel, Undistorter
 from .errors import ConfigError
 from .runners import Runner, make_runner
 from .sources import Frame, LatestFrame, Source, open_source
+from .surprise_calibration import SurpriseCalibration
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,16 @@ class SurpriseBaseline:
         self.alpha = 1 - 0.5 ** (1 / halflife)
         self.count, self.mean, self.var = 0, 0.0, 0.0
 
+    @classmethod
+    def calibrated(cls, calibration: SurpriseCalibration, threshold: float | None = None) -> SurpriseBaseline:
+        """A baseline fixed to a calm-scene calibration (`ami-edge calibrate surprise`): no warm-up, and it never
+        drifts, so z-scores keep meaning "robust standard deviations from the calibrated calm scene" and the
+        calibrated threshold keeps its measured false-alarm rate. `threshold` overrides the calibrated one."""
+        base = cls(calibration.threshold if threshold is None else threshold)
+        base.count, base.mean, base.var = base.warmup, calibration.center, calibration.scale ** 2
+        base.alpha = 0.0  # the exponential update becomes the identity
+        return base
+
     def update(self, raw: float) -> tuple[float | None, bool]:
         if self.count < self.warmup:  # plain running mean / variance first
             self.count += 1
@@ -102,11 +114,27 @@ class Runtime:
     """Run a bundle on a source. Usable as a context manager; `close()` releases the source and the runners."""
 
     def __init__(self, model: str | Path | Bundle = "default", source: str | Source | Iterable = "synthetic://bouncing",
-                 backend: str = "auto", threshold: float = 4.0,
-                 on_state: Callable[[State], None] | None = None, camera: str | Path | None = None):
+                 backend: str = "auto", threshold: float | None = None,
+                 on_state: Callable[[State], None] | None = None, camera: str | Path | None = None,
+                 surprise_calibration: str | Path | None = None):
+        """Open the bundle, the runners and the source.
+
+        Args:
+            threshold: surprise z-score that flags an event (default 4, or the surprise calibration's).
+            camera: camera.json intrinsics (`ami-edge calibrate camera`): frames are undistorted first.
+            surprise_calibration: surprise.json (`ami-edge calibrate surprise`) for this model: z-scores against
+                its calm baseline from the first frame on, instead of a running baseline after a warm-up.
+        Raises:
+            ConfigError: a bad file, or a surprise calibration made for another model.
+        """
         self.bundle = model if isinstance(model, Bundle) else load_bundle(model)
         # Camera intrinsics (camera.json): frames are undistorted before resizing, with maps computed once.
         self.undistorter = Undistorter(CameraModel.load(camera)) if camera is not None else None
+        # Checked before any runner or camera is opened: a wrong file fails fast.
+        self.calibration = SurpriseCalibration.load(surprise_calibration) if surprise_calibration is not None \
+            else None
+        if self.calibration is not None:
+            self.calibration.check_model(self.bundle)
         m = self.bundle.manifest
         self.layout, self.frames = m.input.layout, m.input.frames
         self.height, self.width = m.input.height, m.input.width
@@ -131,7 +159,8 @@ class Runtime:
             self.ac_predictor = make_runner(backend, self.bundle.graph_path("ac_predictor")).activate()
             spec = {t.name: t for t in self.bundle.manifest.graphs["ac_predictor"].inputs}
             self._ac_dims = (int(spec["actions"].shape[-1]), int(spec["states"].shape[-1]))
-        self.baseline = SurpriseBaseline(threshold)
+        self.baseline = SurpriseBaseline(4.0 if threshold is None else threshold) if self.calibration is None \
+            else SurpriseBaseline.calibrated(self.calibration, threshold)
         self.on_state = on_state
         self._action: np.ndarray | None = None
         self._proprio: np.ndarray | None = None

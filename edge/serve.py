@@ -23,8 +23,9 @@ def run(args: argparse.Namespace) -> int:
                 {"model": args.model, "source": args.source, "backend": args.backend, "publish": args.publish,
                  "threshold": args.threshold, "max_frames": args.max_frames, "http": args.http,
                  "http_token": args.http_token, "control": args.control, "control_token": args.control_token,
-                 "camera": args.camera})
-    rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold, camera=cfg.camera)
+                 "camera": args.camera, "surprise_calibration": args.surprise_calibration})
+    rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold, camera=cfg.camera,
+                 surprise_calibration=cfg.surprise_calibration)
     publishers, http, control, metrics = [], None, None, Metrics()
     try:
         for uri in cfg.publish:
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     log = sys.stderr
     print(f"ami-edge serve: {rt.describe()}", file=log, flush=True)
+    if rt.calibration is not None:
+        print(f"ami-edge serve: {rt.calibration.describe()}"
+              + (f"; threshold {cfg.threshold:g} given, it wins" if cfg.threshold is not None else ""), file=log,
+              flush=True)
     for p in publishers:
         print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
     if http is not None:
