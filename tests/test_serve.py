@@ -172,3 +172,20 @@ def test_serve_control_channel(video_bundle):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_serve_defaults_to_the_shipped_model_on_an_mp4(tmp_path):
+    """No --model: the shipped default bundle, here on an mp4 the test writes (what a user tries first)."""
+    import cv2
+
+    from ami_edge.sources import open_source
+
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (96, 96))
+    for frame in open_source("synthetic://bouncing?seed=4&size=96&frames=40"):
+        writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    proc = run_cli("serve", "--source", str(clip), "--max-frames", "30")
+    assert proc.returncode == 0, proc.stderr
+    assert "model default (BCTHW" in proc.stderr and "clip.mp4" in proc.stderr, proc.stderr
+    assert "stopped (30 states) after 30 states" in proc.stderr, proc.stderr
