@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -136,7 +137,8 @@ class Timeline:
         with self._lock:
             rows = list(self._states)
             total, events, dropped = self.total, self.events, self.dropped
-        points = [[seq, None if s is None else round(s, 4), int(e)] for seq, _, _, s, e, _ in rows if seq > since]
+        points = [[seq, round(s, 4) if s is not None and math.isfinite(s) else None, int(e)]  # JSON has no NaN
+                  for seq, _, _, s, e, _ in rows if seq > since]
         return {"seq": rows[-1][0] if rows else None, "states": total, "events": events, "drops": dropped,
                 "threshold": self.threshold, "points": points, "stats": self._stats(rows),
                 "trajectory": self._trajectory(rows[-self.window:])}
@@ -173,6 +175,9 @@ class Timeline:
                 axes = (u @ vt).T @ axes
             self._basis = axes
             xy = np.einsum("wd,kd->wk", x, axes)  # (W, 2)
+            if not np.isfinite(xy).all():  # a non-finite latent: nothing to draw, and the next poll starts afresh
+                self._basis = None
+                return {"xy": [], "seq": [], "event": [], "explained": None}
             total = float(np.einsum("wd,wd->", x, x))
             explained = float((xy * xy).sum()) / total if total > 0 else None
             result = {"xy": np.round(xy, 4).tolist(), "seq": [r[0] for r in rows], "event": [int(r[4]) for r in rows],
