@@ -132,23 +132,27 @@ class Timeline:
             self.events += state.event
             self.dropped = dropped
 
-    def snapshot(self, since: int = -1) -> dict:
-        """The JSON the page polls: states after `since`, recent statistics and the projected trajectory."""
+    def snapshot(self, since: int = -1, now: float | None = None) -> dict:
+        """The JSON the page polls: states after `since`, statistics of the states done in the `stats_s` seconds
+        before `now` (default: `time.monotonic()`, the clock of `State.t_done`) and the projected trajectory."""
         with self._lock:
             rows = list(self._states)
             total, events, dropped = self.total, self.events, self.dropped
         points = [[seq, round(s, 4) if s is not None and math.isfinite(s) else None, int(e)]  # JSON has no NaN
                   for seq, _, _, s, e, _ in rows if seq > since]
         return {"seq": rows[-1][0] if rows else None, "states": total, "events": events, "drops": dropped,
-                "threshold": self.threshold, "points": points, "stats": self._stats(rows),
+                "threshold": self.threshold, "points": points, "stats": self._stats(rows, time.monotonic() if now is None else now),
                 "trajectory": self._trajectory(rows[-self.window:])}
 
-    def _stats(self, rows: list) -> dict:
-        """fps and capture-to-state latency p50 / p99 over the states of the last `stats_s` seconds."""
+    def _stats(self, rows: list, now: float) -> dict:
+        """fps and capture-to-state latency p50 / p99 over the states of the last `stats_s` seconds. A stalled
+        stream shows fps 0 and no latency, not its last good numbers."""
         if not rows:
             return {"fps": None, "p50_ms": None, "p99_ms": None}
         t_done = np.array([r[1] for r in rows])  # (n,)
-        recent = t_done >= t_done[-1] - self.stats_s
+        recent = t_done >= now - self.stats_s
+        if recent.sum() < 2:
+            return {"fps": 0.0, "p50_ms": None, "p99_ms": None}
         latency = np.array([r[2] for r in rows])[recent] * 1e3  # (m,) ms
         span = t_done[recent][-1] - t_done[recent][0]
         fps = (int(recent.sum()) - 1) / span if span > 0 else None

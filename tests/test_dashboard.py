@@ -178,7 +178,7 @@ def test_timeline_projection_keeps_the_plane_and_its_orientation():
     states = list(_states(latents))
     for s in states[:n]:
         timeline.observe(s, dropped=3)
-    snap = timeline.snapshot()
+    snap = timeline.snapshot(now=states[n - 1].t_done)
     traj = snap["trajectory"]
     xy = np.array(traj["xy"])  # (n, 2)
     assert traj["explained"] == pytest.approx(1.0, abs=1e-3)
@@ -197,6 +197,8 @@ def test_timeline_projection_keeps_the_plane_and_its_orientation():
     assert snap["stats"]["p50_ms"] == pytest.approx(4.0, abs=1e-3)
     assert snap["drops"] == 3 and snap["states"] == n and snap["events"] == sum(i % 7 == 0 for i in range(n))
     assert [p[0] for p in timeline.snapshot(since=n - 3)["points"]] == [n - 2, n - 1, n]
+    stalled = timeline.snapshot(now=states[n].t_done + 2.5)["stats"]  # nothing done in the last 2 s
+    assert stalled == {"fps": 0.0, "p50_ms": None, "p99_ms": None}
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium
