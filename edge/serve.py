@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import ServeConfig, merge
 from .control import ControlServer
-from .http import HttpServer, Metrics
+from .http import FrameTap, HttpServer, Metrics, Timeline
 from .publishers import open_publisher
 from .runtime import Runtime
 from .sources import LatestFrame
@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     rt = Runtime(model=cfg.model, source=cfg.source, backend=cfg.backend, threshold=cfg.threshold, camera=cfg.camera,
                  surprise_calibration=cfg.surprise_calibration)
     publishers, http, control, metrics = [], None, None, Metrics()
+    capture = rt.source if isinstance(rt.source, LatestFrame) else None  # counts the frames a live source dropped
+    timeline = Timeline(threshold=cfg.threshold) if cfg.http else None  # the dashboard's recent states
     try:
         for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             if link is not None:
                 metrics.watch_link(link.port_spec, link.counters)
         if cfg.http:
-            http = HttpServer(cfg.http, metrics, cfg.http_token, model=rt.bundle.manifest.name)
+            http = HttpServer(cfg.http, metrics, cfg.http_token, model=rt.bundle.manifest.name, timeline=timeline)
+            rt.source = timeline.tap = FrameTap(rt.source)  # the newest frame, for /preview.jpg
         if cfg.control:
             control = ControlServer(cfg.control, rt, cfg.control_token)
     except BaseException:
@@ -61,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     for p in publishers:
         print(f"ami-edge serve: publishing to {p.describe()}", file=log, flush=True)
     if http is not None:
-        print(f"ami-edge serve: metrics at {http.address}/metrics, health at {http.address}/healthz", file=log,
-              flush=True)
+        token_hint = " (add ?token=TOKEN)" if cfg.http_token else ""
+        print(f"ami-edge serve: dashboard at {http.address}/{token_hint}, metrics at {http.address}/metrics, "
+              f"health at {http.address}/healthz", file=log, flush=True)
     if control is not None:
         print(f"ami-edge serve: control channel at {control.endpoint}", file=log, flush=True)
     window_start, latencies, events, total, last = time.monotonic(), [], 0, 0, None
@@ -70,18 +74,20 @@ def run(args: argparse.Namespace) -> int:
         for state in rt.stream(max_frames=cfg.max_frames):
             for p in publishers:
                 p.publish(state)
-            metrics.observe(state, rt.source.dropped if isinstance(rt.source, LatestFrame) else 0)
+            dropped = capture.dropped if capture is not None else 0
+            metrics.observe(state, dropped)
+            if timeline is not None:
+                timeline.observe(state, dropped)
             total += 1
             latencies.append(state.t_done - state.t_capture)
             events += state.event
             last = state
             now = time.monotonic()
             if now - window_start >= 1.0:
-                drops = rt.source.dropped if isinstance(rt.source, LatestFrame) else 0
                 lat = np.array(latencies) * 1e3
                 surprise = "warming up" if state.surprise is None else f"{state.surprise:+.2f}"
                 print(f"fps {len(latencies) / (now - window_start):6.1f}  latency p50 {np.percentile(lat, 50):6.1f} "
-                      f"ms p99 {np.percentile(lat, 99):6.1f} ms  drops {drops}  surprise {surprise}  "
+                      f"ms p99 {np.percentile(lat, 99):6.1f} ms  drops {dropped}  surprise {surprise}  "
                       f"events {events}", file=log, flush=True)
                 window_start, latencies = now, []
             if stop.is_set():
