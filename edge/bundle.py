@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, BundleNotFoundError
+from .errors import BundleError, BundleNotFoundError, ConfigError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -293,6 +293,18 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def bundle_out_path(out: str | Path) -> Path:
+    """Where a bundle will be written: `.amiedge` appended; refuses to replace anything that is not a bundle."""
+    out = Path(out)
+    if out.suffix != SUFFIX:
+        out = out.with_name(out.name + SUFFIX)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a bundle directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ConfigError(f"--out {out} is a non-empty directory without {MANIFEST}; refusing to replace it")
+    return out
 
 
 def sha256_file(path: Path) -> str:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, Manifest, _reject_constant
+from .bundle import MANIFEST, Manifest, _reject_constant, sha256_file
 from .errors import BundleError, ConfigError
 
 # Bump when the way ami-edge builds engines changes (flags, profiles, I/O handling): old engines are then stale.
@@ -231,14 +231,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class EngineCache:
     """Engines of one bundle: in `BUNDLE/engines/`, or in the fallback directory when the bundle is read-only.
 
@@ -321,7 +313,7 @@ class EngineCache:
             if verify:
                 meta = json.loads(entry.sidecar.read_text(encoding="utf-8"))
                 size = entry.engine.stat().st_size
-                if size != meta["engine_bytes"] or _sha256(entry.engine) != meta["engine_sha256"]:
+                if size != meta["engine_bytes"] or sha256_file(entry.engine) != meta["engine_sha256"]:
                     rejected.append((entry, "the engine file does not match the sha256 in its sidecar (truncated or "
                                             "modified)"))
                     continue

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import ami_edge
-from ami_edge.bundle import MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, load_bundle, sha256_file
+from ami_edge.bundle import MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file
 from ami_edge.errors import ConfigError, ExportError, require
 
 from .loaders.base import LoadedModel
@@ -224,18 +224,6 @@ def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return {"name": value.name, "dtype": dtype, "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
 
     return [spec(v) for v in graph.input], [spec(v) for v in graph.output]
-
-
-def bundle_out_path(out: str | Path) -> Path:
-    """Where a bundle will be written: `.amiedge` appended; refuses to replace anything that is not a bundle."""
-    out = Path(out)
-    if out.suffix != SUFFIX:
-        out = out.with_name(out.name + SUFFIX)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError(f"--out {out} exists and is not a bundle directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ConfigError(f"--out {out} is a non-empty directory without {MANIFEST}; refusing to replace it")
-    return out
 
 
 def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,

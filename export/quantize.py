@@ -43,7 +43,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quant_pre_process, quantize_static)
 
 import ami_edge
-from ami_edge.bundle import MANIFEST, SUFFIX, Bundle, load_bundle, sha256_file
+from ami_edge.bundle import MANIFEST, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file
 from ami_edge.calibration.collect import Collected, collect
 from ami_edge.calibration.reader import FeedReader, GraphFeeds, load_calibration
 from ami_edge.compare import compare_traces, read_frames, run_trace
@@ -157,18 +157,6 @@ def _opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def out_path(out: str | Path) -> Path:
-    """`.amiedge` appended; refuses to replace anything that is not a bundle."""
-    out = Path(out)
-    if out.suffix != SUFFIX:
-        out = out.with_name(out.name + SUFFIX)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError(f"--out {out} exists and is not a bundle directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ConfigError(f"--out {out} is a non-empty directory without {MANIFEST}; refusing to replace it")
-    return out
-
-
 def voe_auc(bundle: Bundle, pairs: int) -> dict[str, Any] | None:
     """Mean VoE ROC-AUC over violation kinds (export/demo/voe.py), or None for bundles it does not apply to."""
     from .demo.voe import bundle_scorer, evaluate
@@ -267,7 +255,7 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
     if any(g.data_file for g in m.graphs.values()):
         raise ConfigError(f"{reference.path} keeps weights in external data files (> 2 GB graphs), which "
                           "quantize does not handle yet")
-    out = out_path(out)
+    out = bundle_out_path(out)
     if out.resolve() == reference.path.resolve():
         raise ConfigError("--out must differ from the FP32 bundle")
     calibration = None

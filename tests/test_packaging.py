@@ -60,10 +60,15 @@ def test_wheel_ships_the_default_bundle(tmp_path):
     import sys
     import zipfile
 
+    import shutil
+
+    src = tmp_path / "src"  # a copy: setuptools builds in ./build, which must not touch the checkout
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", ".git", "__pycache__", "*.egg-info",
+                                                              ".pytest_cache", ".hypothesis"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    (wheel,) = tmp_path.glob("ami_edge-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("ami_edge-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         shipped = {name: i.file_size for name, i in infos.items() if name.startswith("ami_edge/bundles/")}
