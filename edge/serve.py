@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
                  surprise_calibration=cfg.surprise_calibration)
     publishers, http, control, metrics = [], None, None, Metrics()
     capture = rt.source if isinstance(rt.source, LatestFrame) else None  # counts the frames a live source dropped
-    timeline = Timeline(threshold=cfg.threshold) if cfg.http else None  # the dashboard's recent states
+    timeline = Timeline(threshold=rt.baseline.threshold) if cfg.http else None  # the dashboard's recent states
     try:
         for uri in cfg.publish:
             publishers.append(open_publisher(uri, rt))
