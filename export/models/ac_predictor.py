@@ -82,7 +82,8 @@ class ACPredictor(nn.Module):
             cond.append(self.extrinsics_encoder(extrinsics).unsqueeze(2))
         x = torch.cat([*cond, x], dim=2).flatten(1, 2)  # (B, T*(c+H'W'), d)
         pos, bias = self.layout(T, x.device)
-        rope = self.predictor_blocks[0].attn.rope.tables(pos)  # type: ignore[union-attr, arg-type]  # once for all blocks
+        # cos / sin tables once per forward, shared by every block
+        rope = self.predictor_blocks[0].attn.rope.tables(pos)  # type: ignore[union-attr, arg-type]
         for blk in self.predictor_blocks:
             x = blk(x, rope, bias)
         x = x.view(B, T, c + hw, -1)[:, :, c:].flatten(1, 2)  # drop conditioning tokens: (B, T*H'W', d)
