@@ -112,9 +112,9 @@ class Rope3D(nn.Module):
     `tables` builds full-width (N, head_dim) cos / sin tables once per forward (axis a(j) and frequency w_j per
     channel in constant buffers; the unrotated remainder gets w = 0, i.e. cos 1, sin 0, and the pair's sign is
     folded into sin), and `forward` is one pair swap (two Slices and a Concat), two Mul and one Add for q and k
-    together instead of per-axis Slice / Split / Neg / Concat in every layer. Each product and sum is the one the reference
-    takes (negation is exact; adding sin 0 * x = 0 to x is exact), so torch results match it bit for bit. With a
-    fixed token grid (encoder) the exporter folds the tables into two constants.
+    together instead of per-axis Slice / Split / Neg / Concat in every layer. Each product and sum is the one the
+    reference takes (negation is exact; adding sin 0 * x = 0 to x is exact), so torch results match it bit for bit.
+    With a fixed token grid (encoder) the exporter folds the tables into two constants.
     """
 
     def __init__(self, head_dim: int, interleaved: bool = False):
