@@ -8,7 +8,7 @@ import torch
 
 from ami_edge.export.models import ACPredictor, JEPAModel, Predictor
 from ami_edge.export.models.config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
-from ami_edge.export.models.layers import rope_rotate, sincos_2d, sincos_3d
+from ami_edge.export.models.layers import Rope3D, rope_3d_reference, rope_rotate, sincos_2d, sincos_3d
 from ami_edge.export.models.presets import PRESETS, preset_config
 from ami_edge.errors import ConfigError
 
@@ -57,6 +57,56 @@ def test_rope_keeps_vjepa2_tiled_frequency_quirk():
     interleaved = freq.repeat_interleave(2, -1)  # the "textbook" layout differs, on purpose
     assert not torch.allclose(rope_rotate(x, pos), x * interleaved.cos() + rot * interleaved.sin())
     torch.testing.assert_close(rope_rotate(x, torch.zeros(1, 1, 5)), x)  # angle 0 is the identity
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("head_dim", [16, 24, 32, 88, 9])  # remainders 4, 0, 2, 4 (ViT-g), odd head
+def test_lean_rope_equals_per_axis_formulation_bit_for_bit(head_dim, interleaved):
+    """Rope3D (full-width tables, one pair swap) against the official split / rotate / concat form, at random
+    float positions that differ per batch row (as the predictor's ids make them), over q and k stacked."""
+    gen = torch.Generator().manual_seed(head_dim)
+    x = torch.randn(2, 3, 4, 50, head_dim, generator=gen)  # (q|k, B, nh, N, hd)
+    pos = tuple(torch.rand(3, 1, 50, generator=gen) * 40 - 5 for _ in range(3))  # each (B, 1, N)
+    rope = Rope3D(head_dim, interleaved)
+    got = rope(x, rope.tables(pos))
+    assert torch.equal(got, rope_3d_reference(x, pos, interleaved))
+    s = rope.section
+    assert torch.equal(got[..., 3 * s:], x[..., 3 * s:])  # the remainder channels pass unrotated
+    assert not torch.allclose(got[..., :3 * s], x[..., :3 * s])
+
+
+def test_rope_tables_stay_out_of_the_state_dict():
+    """The tables' buffers derive from the config: official checkpoints load strictly and save unchanged."""
+    model = JEPAModel(preset_config("tiny"))
+    assert model.cfg.encoder.pos_embed == "rope"
+    assert not [k for k in model.state_dict() if "rope" in k]
+
+
+def test_exported_rope_graph_is_lean(video_bundle, tmp_path):
+    """Regression guard for issue 7: the per-axis RoPE exported as ~70 nodes per layer (Split / Squeeze / Neg /
+    Concat per axis, for q and k separately). Now: the encoder's tables are constants, each predictor computes its
+    tables once (one Sin, one Cos) and every layer rotates q and k with one Slice / Concat pair swap."""
+    import onnx
+
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, check_parity, export_graph,
+                                             plan_graphs)
+
+    # the bundle fixture has no AC predictor: export that graph the same way, ONNX Runtime parity included
+    [plan] = plan_graphs(load_preset("tiny", seed=3).model.eval(), ["ac_predictor"], 2, seed=0)
+    export_graph(plan, tmp_path / "ac_predictor.onnx", DEFAULT_OPSET)
+    assert check_parity(plan, tmp_path / "ac_predictor.onnx", DEFAULT_TOLERANCE)["passed"]
+    model = video_bundle.manifest.model
+    assert model["encoder"]["pos_embed"] == "rope"
+    for graph in ("encoder", "predictor", "ac_predictor"):
+        layers = model[graph]["depth"]
+        path = tmp_path / "ac_predictor.onnx" if graph == "ac_predictor" else video_bundle.graph_path(graph)
+        nodes = onnx.load(str(path)).graph.node
+        ops = [n.op_type for n in nodes]
+        assert ops.count("Neg") == 0 and ops.count("Split") == 0, graph
+        assert ops.count("Sin") == ops.count("Cos") == (0 if graph == "encoder" else 1), graph
+        # ~48 nodes per layer plus the predictors' id / table preamble; the per-axis form took > 110 per layer
+        assert len(ops) < 60 * layers + 80, (graph, len(ops))
 
 
 def test_ac_predictor_matches_official_transcription():

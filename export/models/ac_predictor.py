@@ -82,8 +82,10 @@ class ACPredictor(nn.Module):
             cond.append(self.extrinsics_encoder(extrinsics).unsqueeze(2))
         x = torch.cat([*cond, x], dim=2).flatten(1, 2)  # (B, T*(c+H'W'), d)
         pos, bias = self.layout(T, x.device)
+        # cos / sin tables once per forward, shared by every block
+        rope = self.predictor_blocks[0].attn.rope.tables(pos)  # type: ignore[union-attr, arg-type]
         for blk in self.predictor_blocks:
-            x = blk(x, pos, bias)
+            x = blk(x, rope, bias)
         x = x.view(B, T, c + hw, -1)[:, :, c:].flatten(1, 2)  # drop conditioning tokens: (B, T*H'W', d)
         out = self.predictor_proj(self.predictor_norm(x))  # (B, T*H'W', D)
         return F.layer_norm(out, (out.shape[-1],)) if self.cfg.normalize_context else out

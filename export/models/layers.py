@@ -84,21 +84,74 @@ def rope_rotate(x: torch.Tensor, pos: torch.Tensor, interleaved: bool = False) -
     return x * cos + rotated * sin
 
 
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # (cos, signed sin), each (B|1, 1, N, head_dim)
+
+
+def rope_frequencies(d: int) -> torch.Tensor:
+    """(d/2,) float32 RoPE frequencies 1/10000^(2i/d) of a d-channel section, computed as `rope_rotate` does."""
+    omega = torch.arange(d // 2, dtype=torch.float32) / (d / 2.0)
+    return 1.0 / 10000**omega
+
+
+def rope_3d_reference(x: torch.Tensor, pos: tuple[torch.Tensor, ...], interleaved: bool = False) -> torch.Tensor:
+    """The official per-axis formulation: split each head into depth / height / width sections of 2*((d//3)//2)
+    channels, rotate each by its own positions with `rope_rotate`, pass the remainder, concatenate. Kept as the
+    reference `Rope3D` must equal; exported graphs use `Rope3D` (this form costs ~30 ONNX nodes per q or k)."""
+    s = 2 * ((x.shape[-1] // 3) // 2)
+    parts = [rope_rotate(x[..., i * s:(i + 1) * s], p, interleaved) for i, p in enumerate(pos)]
+    if 3 * s < x.shape[-1]:
+        parts.append(x[..., 3 * s:])
+    return torch.cat(parts, dim=-1)
+
+
 class Rope3D(nn.Module):
-    """3-D RoPE: each head splits into depth / height / width sections of 2*((d//3)//2) channels; the rest pass."""
+    """3-D RoPE: each head splits into depth / height / width sections of 2*((d//3)//2) channels; the rest pass.
+
+    Same numbers as `rope_3d_reference`, in the form that exports lean. Per channel j the reference computes
+    x_j * cos(p_a(j) * w_j) + r_j * sin(p_a(j) * w_j) with r = (-x_1, x_0, -x_3, x_2, ...) inside each section, so
+    `tables` builds full-width (N, head_dim) cos / sin tables once per forward (axis a(j) and frequency w_j per
+    channel in constant buffers; the unrotated remainder gets w = 0, i.e. cos 1, sin 0, and the pair's sign is
+    folded into sin), and `forward` is one pair swap (two Slices and a Concat), two Mul and one Add for q and k
+    together instead of per-axis Slice / Split / Neg / Concat in every layer. Each product and sum is the one the
+    reference takes (negation is exact; adding sin 0 * x = 0 to x is exact), so torch results match it bit for bit.
+    With a fixed token grid (encoder) the exporter folds the tables into two constants.
+    """
 
     def __init__(self, head_dim: int, interleaved: bool = False):
         super().__init__()
-        self.section = 2 * ((head_dim // 3) // 2)
+        self.section = s = 2 * ((head_dim // 3) // 2)
         self.head_dim = head_dim
         self.interleaved = interleaved
+        local = torch.arange(s)
+        slot = local // 2 if interleaved else local % (s // 2)  # V-JEPA 2.1 [f0 f0 f1 f1 ..] / 2 tiles [f0 .. f0 ..]
+        omega = torch.zeros(head_dim)
+        omega[:3 * s] = rope_frequencies(s)[slot].repeat(3)
+        axis = torch.zeros(head_dim, dtype=torch.long)
+        axis[:3 * s] = torch.arange(3).repeat_interleave(s)
+        swap = torch.arange(head_dim)
+        swap[:3 * s] = swap[:3 * s] ^ 1  # (1, 0, 3, 2, ...): the pair partner of each rotated channel
+        sign = torch.ones(head_dim)
+        sign[:3 * s:2] = -1.0
+        # Non-persistent: derived from the config, so state dicts stay the official ones.
+        self.register_buffer("omega", omega, persistent=False)  # (hd,) frequency per channel, 0 for the remainder
+        self.register_buffer("axis", axis, persistent=False)  # (hd,) 0 depth, 1 height, 2 width
+        self.register_buffer("swap", swap, persistent=False)  # (hd,) gather index of the rotated partner
+        self.register_buffer("sign", sign, persistent=False)  # (hd,) -1 on the first channel of each pair
 
-    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        s = self.section
-        parts = [rope_rotate(x[..., i * s:(i + 1) * s], p, self.interleaved) for i, p in enumerate(pos)]
-        if 3 * s < self.head_dim:
-            parts.append(x[..., 3 * s:])
-        return torch.cat(parts, dim=-1)
+    def tables(self, pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> RopeTables:
+        """(depth, height, width) positions, each (B|1, 1, N) -> (cos, signed sin), each (B|1, 1, N, head_dim)."""
+        angle = torch.stack(pos, dim=-1)[..., self.axis] * self.omega  # (B|1, 1, N, hd)
+        return angle.cos(), angle.sin() * self.sign
+
+    def forward(self, x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
+        """Rotate x (..., N, head_dim) by tables from `tables` (broadcast over the leading axes)."""
+        cos, sin = tables
+        if self.head_dim % 2:  # odd head (no official model has one): swap by index, one ONNX Gather(axis=-1)
+            return x * cos + x.index_select(-1, self.swap) * sin
+        # Swap every channel pair with two Slices and a Concat (remainder pairs too; their sin is 0): measured ~3x
+        # faster in ONNX Runtime (CPU) than a Gather with a constant permutation on the innermost axis.
+        pairs = x.unflatten(-1, (-1, 2))  # (..., N, hd/2, 2)
+        return x * cos + torch.cat([pairs[..., 1:], pairs[..., :1]], dim=-1).flatten(-2) * sin
 
 
 # ------------------------------------------------------------------------------------------------- blocks
@@ -115,13 +168,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = Rope3D(self.head_dim, rope_interleaved) if use_rope else None
 
-    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None,
                 attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, C); rope: the model's `Rope3D.tables` (computed once per forward, shared by every block)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, N, hd)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)  # (3, B, nh, N, hd)
         if self.rope is not None:
-            q, k = self.rope(q, pos), self.rope(k, pos)
+            qk = self.rope(qkv[:2], rope)  # q and k in one rotation: (2, B, nh, N, hd)
+            q, k, v = qk[0], qk[1], qkv[2]
+        else:
+            q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, N, hd)
         # softmax(q k^T * scale + bias) v; SDPA avoids materialising (B, nh, N, N) in torch (4608-token clips),
         # and the exporter still writes MatMul/Softmax, which TensorRT fuses.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)  # (B, nh, N, hd)
@@ -151,7 +207,7 @@ class Block(nn.Module):
         # round, not int: a ratio inferred as fc1/width (6144/1408) times width can land a hair below the integer
         self.mlp = MLP(dim, round(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] | None = None,
+    def forward(self, x: torch.Tensor, rope: RopeTables | None = None,
                 attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), pos, attn_bias)
+        x = x + self.attn(self.norm1(x), rope, attn_bias)
         return x + self.mlp(self.norm2(x))

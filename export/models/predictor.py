@@ -60,12 +60,13 @@ class Predictor(nn.Module):
             x = x + table[context_ids]
             targets = targets + table[target_ids]
         x = torch.cat([x, targets], dim=1)  # (B, Nc + Nt, d)
-        pos = None
-        if self.use_rope:
+        rope = None
+        if self.use_rope:  # tables from the ids once per forward, shared by every block
             _, h, w = self.enc.grid
             ids = torch.cat([context_ids, target_ids], dim=1)  # (B, Nc + Nt)
             pos = tuple(p.unsqueeze(1) for p in grid_positions(ids, h, w))  # each (B, 1, Nc + Nt)
+            rope = self.predictor_blocks[0].attn.rope.tables(pos)  # type: ignore[union-attr, arg-type]
         for blk in self.predictor_blocks:
-            x = blk(x, pos)
+            x = blk(x, rope)
         x = self.predictor_norm(x[:, Nc:])  # (B, Nt, d); LayerNorm is per token, so slice first
         return self.predictor_proj(x)  # (B, Nt, D)

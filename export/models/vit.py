@@ -80,11 +80,11 @@ class VisionTransformer(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, [T,] H, W) normalised pixels in `cfg.layout` -> (B, N, D) tokens."""
         x = self.embed(pixels)
-        pos = None
-        if self.use_rope:
-            pos = self.token_positions()
+        rope = None
+        if self.use_rope:  # one (N, head_dim) cos / sin pair for every block; constants in the exported graph
+            rope = self.blocks[0].attn.rope.tables(self.token_positions())
         else:
             x = x + self.pos_embed
         for blk in self.blocks:
-            x = blk(x, pos)
+            x = blk(x, rope)
         return self.norm(x) if self.cfg.output_norms == 1 else self.norms_block[-1](x)  # (B, N, D)
