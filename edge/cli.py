@@ -167,7 +167,8 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="bundle path or shipped name (default: default)")
     p.add_argument("--source", help="frame source: auto (default: first camera, else synthetic://), v4l2:///dev/video0 "
                                     "or 0, csi://0, rtsp://..., file://clip.mp4 or a path, synthetic://bouncing")
-    p.add_argument("--backend", help="auto | onnxruntime[:cpu|cuda|tensorrt] (default: auto)")
+    p.add_argument("--backend", help="auto | onnxruntime[:cpu|cuda|tensorrt] | tensorrt[:fp16|int8|fp32] | torch "
+                                     "(reference; needs [export] and the source checkpoint) (default: auto)")
     p.add_argument("--publish", action="append", metavar="URI",
                    help="send states to URI, repeatable: serial:///dev/ttyACM0?baud=921600&latent_dim=16")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many states")
@@ -188,7 +189,8 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
     p.add_argument("--frames", type=_positive_int, default=300, help="frames per run (default 300)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="runs; medians are reported (default 3)")
-    p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt]")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime[:cpu|cuda|tensorrt] | "
+                                                     "tensorrt[:fp16|int8|fp32] | torch (reference)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

@@ -7,6 +7,7 @@ backend is one class and one decorator.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -137,6 +138,69 @@ def tensorrt_ep_options(path: str | Path, ort_version: str, precision: str | Non
     except (CacheError, BundleError, OSError) as exc:
         print(f"ami-edge: TensorRT EP engine cache off for {Path(path).name}: {exc}", file=sys.stderr)
         return {}
+
+
+@register_runner("torch")
+class TorchRunner(Runner):
+    """Reference only (Polygraphy's role for a framework runner): the torch model the bundle was exported from, run
+    on the same feeds, to check a backend against it (`ami-edge compare A A --backend-b torch`). Needs the [export]
+    extra and the checkpoint recorded in the bundle's provenance, unchanged (sha256); presets are rebuilt from their
+    seed. Never a deployment backend: a Jetson installs no torch."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        self.module = None
+
+    def activate(self) -> TorchRunner:
+        from .engine_cache import graph_context
+        from .errors import MissingExtraError
+
+        ctx = graph_context(self.path)
+        if ctx is None:
+            raise ConfigError(f"backend torch needs a bundle around {self.path} (its manifest names the checkpoint)")
+        try:
+            import torch
+
+            from .export.loaders import LoadOptions, load_checkpoint
+        except ImportError as exc:
+            raise MissingExtraError("backend torch (reference) needs torch, which is not installed: "
+                                    "pip install 'ami-edge[export]'") from exc
+        m = ctx.manifest
+        source, digest, loader = (m.provenance.get(k) for k in ("source", "source_sha256", "loader"))
+        if not str(source).startswith("preset:"):
+            from .bundle import sha256_file
+
+            path = Path(str(source))
+            if not path.is_file() or (digest and sha256_file(path) != digest):
+                raise ConfigError(f"backend torch needs the checkpoint {ctx.bundle_dir.name} was exported from, "
+                                  f"unchanged: {source} is {'changed' if path.is_file() else 'not there'}")
+        family = str(loader).split(":")[-1] if str(loader).startswith(("official:", "hf:")) else "auto"
+        family = "hf" if str(loader).startswith("hf:") else family
+        opts = LoadOptions(resolution=(m.input.height, m.input.width), frames=m.input.frames)
+        notes = [n for n in m.provenance.get("notes") or [] if isinstance(n, str) and n.startswith("seed=")]
+        seed = int(notes[0][5:]) if notes else int(m.parity.get("seed", 0))  # presets record their weight seed
+        loaded = load_checkpoint(source, family=family, opts=opts, seed=seed)
+        same_weights = not digest or loaded.source_sha256 == digest  # a preset's digest is over its weights
+        if not same_weights or json.loads(json.dumps(loaded.model.cfg.to_dict())) != m.model:  # manifest: lists
+            raise ConfigError(f"backend torch: {source} no longer builds the model in {ctx.bundle_dir.name}")
+        self.module = getattr(loaded.model.eval(), ctx.graph)
+        self._torch = torch
+        self._outputs = [t.name for t in m.graphs[ctx.graph].outputs]
+        return super().activate()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        with self._torch.inference_mode():
+            out = self.module(*(self._torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()))
+        self.last_inference_s = time.perf_counter() - t0
+        return {self._outputs[0]: out.numpy()}
+
+    def deactivate(self) -> None:
+        self.module = None
+        super().deactivate()
+
+    def describe(self) -> str:
+        return "torch (reference, CPU)"
 
 
 def default_threads() -> int:

@@ -116,3 +116,29 @@ def test_sincos_predictor_is_asked_for_positions_inside_its_table(tmp_path):
                              "target_ids": np.arange(n - hw, n)[None]})[0][0]
     np.testing.assert_allclose(s.prediction, ref.mean(0), atol=1e-5)
     assert all(np.isfinite(x.raw_surprise) for x in states[2:])
+
+
+def test_torch_reference_backend_matches_onnxruntime(video_bundle, tmp_path):
+    """backend torch rebuilds the model the bundle was exported from (here preset tiny, seed 3) and runs the same
+    feeds: it must agree with the ONNX graphs; a bundle whose checkpoint is gone is one clear line."""
+    import json
+    import shutil
+
+    from .conftest import assert_one_line_error, run_cli
+
+    frames = _frames(12)
+    with Runtime(video_bundle, source=frames) as rt:
+        onnx_states = list(rt.stream())
+    with Runtime(video_bundle, source=frames, backend="torch") as rt:
+        assert rt.encoder.describe() == "torch (reference, CPU)"
+        torch_states = list(rt.stream())
+    for a, b in zip(onnx_states, torch_states, strict=True):
+        np.testing.assert_allclose(a.latent, b.latent, atol=1e-4)
+        np.testing.assert_allclose(a.prediction, b.prediction, atol=1e-4)
+    moved = tmp_path / "moved.amiedge"
+    shutil.copytree(video_bundle.path, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["provenance"]["source"] = str(tmp_path / "gone.safetensors")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run_cli("serve", "--model", str(moved), "--backend", "torch", "--max-frames", "3"),
+                          "is not there")
