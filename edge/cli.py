@@ -366,6 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ami-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ami-edge info x | head`: the reader left early, which is no error to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed
+        return 141
 
 
 if __name__ == "__main__":
