@@ -7,9 +7,12 @@ This module is runtime code: numpy and the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,6 +308,23 @@ def bundle_out_path(out: str | Path) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ConfigError(f"--out {out} is a non-empty directory without {MANIFEST}; refusing to replace it")
     return out
+
+
+@contextlib.contextmanager
+def staged_bundle_dir(out: Path) -> Iterator[Path]:
+    """A fresh OUT.partial directory to write a bundle into. It replaces `out` only when the block completes and is
+    removed otherwise, so a failed export or quantization never leaves half a bundle behind."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from torch import nn
 
 import ami_edge
-from ami_edge.bundle import MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file
+from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file,
+                             staged_bundle_dir)
 from ami_edge.errors import ConfigError, ExportError, require
 
 from .loaders.base import LoadedModel
@@ -258,11 +258,8 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         raise ConfigError(f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
     out = bundle_out_path(out)
     name = name or out.name[: -len(SUFFIX)]
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     stage = on_stage or (lambda _msg: None)
-    try:
+    with staged_bundle_dir(out) as tmp:
         manifest_graphs, parity = {}, {}
         for plan in plan_graphs(model, graphs, PARITY_BATCH, seed):
             path = tmp / f"{plan.name}.onnx"
@@ -286,12 +283,6 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
             manifest["training"] = training
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         bundle = load_bundle(tmp)  # the runtime's own reader must accept what we wrote
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return Bundle(path=out, manifest=bundle.manifest)
 
 

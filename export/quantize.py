@@ -29,7 +29,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quant_pre_process, quantize_static)
 
 import ami_edge
-from ami_edge.bundle import MANIFEST, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file
+from ami_edge.bundle import MANIFEST, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file, staged_bundle_dir
 from ami_edge.calibration.collect import Collected, collect
 from ami_edge.calibration.reader import FeedReader, GraphFeeds, load_calibration
 from ami_edge.compare import compare_traces, read_frames, run_trace
@@ -273,10 +272,7 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
         calibration = {"source": described, "windows": int(data.frames.shape[0]), "window": data.window,
                        "clips": built.clips}
         log(f"calibration: {built.clips} clips from {data.frames.shape[0]} windows of {described}")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_bundle_dir(out) as tmp:
         manifest = json.loads((reference.path / MANIFEST).read_text(encoding="utf-8"))
         settings: dict[str, Any] = {"graphs": {}}
         with tempfile.TemporaryDirectory(prefix="ami-quant-") as work:
@@ -327,12 +323,6 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
             raise ExportError(f"{precision} bundle refused by the accuracy gate: {'; '.join(failures)} (try "
                               "--method entropy|percentile, more calibration data, or fp16)")
         load_bundle(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return load_bundle(out)
 
 
