@@ -59,7 +59,8 @@ def _tensorrt() -> Check:
 
 def _engine_cache() -> str:
     """What TensorRT engines are keyed by here, and what the shared fallback engine cache holds."""
-    from .engine_cache import default_fallback_dir, query_device
+    from .engine_cache import default_fallback_dir
+    from .gpu import query_device
 
     fallback = default_fallback_dir()
     count = len(list(fallback.glob("*.engine"))) if fallback.is_dir() else 0

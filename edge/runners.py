@@ -121,8 +121,8 @@ def tensorrt_ep_options(path: str | Path, ort_version: str, precision: str | Non
     Without a bundle around the graph, or when the GPU or TensorRT version cannot be determined, the EP runs without
     an engine cache: an engine that cannot be keyed is never cached, so it can never be loaded stale.
     """
-    from .engine_cache import (CacheError, EngineCache, EngineKey, graph_context, ort_tensorrt_options,
-                               profile_for, query_device)
+    from .engine_cache import CacheError, EngineCache, EngineKey, graph_context, ort_tensorrt_options, profile_for
+    from .gpu import query_device
     from .errors import BundleError
 
     ctx, device = graph_context(path), query_device()

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from .engine_cache import (DeviceInfo, EngineCache, EngineKey, Entry, Profile, atomic_write, default_precision,
-                           graph_context, profile_for, query_device)
+                           graph_context, profile_for)
 from .errors import AmiEdgeError, ConfigError, MissingExtraError
+from .gpu import query_device
 from .runners import Runner, register_runner
 
 DEFAULT_WORKSPACE_MIB = 2048
@@ -55,7 +56,7 @@ def import_tensorrt(purpose: str = "TensorRT engines"):
 
 
 def import_cudart():
-    from .engine_cache import _cudart
+    from .gpu import _cudart
 
     try:
         return _cudart()

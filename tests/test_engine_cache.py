@@ -19,8 +19,8 @@ import pytest
 
 from ami_edge import BundleError, ConfigError, Manifest, MissingExtraError, Runtime
 from ami_edge.engine_cache import (CacheError, DeviceInfo, EngineCache, EngineKey, atomic_write,
-                                   default_fallback_dir, graph_context, ort_shapes, ort_tensorrt_options, profile_for,
-                                   query_device)
+                                   default_fallback_dir, graph_context, ort_shapes, ort_tensorrt_options, profile_for)
+from ami_edge.gpu import query_device
 from ami_edge.runners import tensorrt_ep_options
 
 from .conftest import assert_one_line_error, run_cli
@@ -231,7 +231,7 @@ def test_onnxruntime_runner_keys_the_ep_cache_like_build_engine(video_bundle, tm
         assert tensorrt_ep_options(path, ort.__version__) == {}
         assert "engine cache off" in capsys.readouterr().err
     # The device query is a separate function; given a device, the runner's options follow the shared key.
-    monkeypatch.setattr("ami_edge.engine_cache.query_device", lambda device=0: ORIN)
+    monkeypatch.setattr("ami_edge.gpu.query_device", lambda device=0: ORIN)
     options = tensorrt_ep_options(path, ort.__version__)
     key = EngineKey.make("encoder", ctx.onnx_sha256, ORIN, "fp32", profile_for(video_bundle.manifest, "encoder"),
                          runtime=f"onnxruntime-{ort.__version__}")
