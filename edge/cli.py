@@ -118,6 +118,43 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="VoE clip pairs per violation type for the final evaluation (0 skips it)")
 
 
+@command("distill", "distill a JEPA teacher (checkpoint or bundle) into a smaller student bundle, with a report",
+         run=lazy("ami_edge.export.distill", "export"))
+def _configure_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("teacher", nargs="?", default="default",
+                   help="teacher: a bundle (path or shipped name), an official .pt, a Hugging Face directory, a "
+                        "native .safetensors or preset:NAME (default: the shipped default bundle)")
+    p.add_argument("--family", default="auto", choices=["auto", "vjepa2", "vjepa", "ijepa", "hf", "native"],
+                   help="teacher checkpoint format (default: auto-detect)")
+    p.add_argument("--source", action="append", help="training frames: a source URI, repeatable (default: demo, "
+                                                     "the built-in synthetic world with hundreds of scenes)")
+    p.add_argument("--out", default="build/distill", help="run directory: checkpoint, plot, report, bundle "
+                                                         "(default: build/distill)")
+    p.add_argument("--name", default="student", help="student bundle name, written to OUT/NAME.amiedge")
+    g = p.add_argument_group("student (default: half the teacher's width and depth)")
+    g.add_argument("--width", type=_positive_int, help="encoder width")
+    g.add_argument("--depth", type=_positive_int, help="encoder blocks")
+    g.add_argument("--heads", type=_positive_int, help="encoder attention heads (default: keep head width)")
+    g.add_argument("--pred-width", type=_positive_int, help="predictor width")
+    g.add_argument("--pred-depth", type=_positive_int, help="predictor blocks")
+    g.add_argument("--pred-heads", type=_positive_int, help="predictor attention heads")
+    g.add_argument("--resolution", type=_positive_int, help="input height in pixels (default: the teacher's)")
+    g.add_argument("--frames", type=_positive_int, help="frames per clip, at most the teacher's")
+    g.add_argument("--patch", type=_positive_int, help="patch size in pixels (default: the teacher's)")
+    p.add_argument("--steps", type=_positive_int, default=1500, help="optimizer steps (default 1500)")
+    p.add_argument("--batch", type=_positive_int, default=16, help="clips per step and process (default 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--self-weight", type=float, default=0.5,
+                   help="weight of the student predicting its own next-step tokens (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the student's weights and the data")
+    p.add_argument("--save-every", type=_positive_int, default=250, help="checkpoint every N steps (default 250)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: cores / processes)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when available")
+    p.add_argument("--voe-pairs", type=int, default=40,
+                   help="VoE clip pairs per violation type for teacher and student (default 40; 0 skips)")
+
+
 @command("eval-voe", "violation-of-expectation evaluation of a bundle's surprise (ROC-AUC per violation type)",
          run=lazy("ami_edge.export.demo.cli", "export", "eval_voe"))
 def _configure_eval_voe(p: argparse.ArgumentParser) -> None:

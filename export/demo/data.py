@@ -67,6 +67,12 @@ class WorldPool:
         return action
 
     def sample(self, batch: int) -> Batch:
+        frames, actions, states, pusher = self.sample_raw(batch)
+        return Batch(torch.from_numpy(normalize(frames)), torch.from_numpy(actions), torch.from_numpy(states),
+                     torch.from_numpy(pusher))
+
+    def sample_raw(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(B, W, H, W, 3) uint8 frames, (B, W, 2) actions, (B, W, 2) states, (B,) pusher flags."""
         idx = self.rng.choice(len(self.worlds), size=batch, replace=False)
         frames = np.empty((batch, self.window, self.image_size, self.image_size, 3), np.uint8)
         actions = np.zeros((batch, self.window, 2), np.float32)
@@ -82,5 +88,4 @@ class WorldPool:
             self.uses[i] += 1
             if self.uses[i] >= self.reseed_every:
                 self._reset(i, pusher=world.cfg.pusher)
-        return Batch(torch.from_numpy(normalize(frames)), torch.from_numpy(actions), torch.from_numpy(states),
-                     torch.from_numpy(pusher))
+        return frames, actions, states, pusher

@@ -136,28 +136,35 @@ def surprise_windows(x, frames: int, batch: int, stack: Callable, lag: int = 2):
         yield chunk, ctx.swapaxes(1, 2), tgt.swapaxes(1, 2)
 
 
-def torch_scorer(model, frames_per_clip: int, batch: int = 64, how: str = "mean", horizon: int = 1
-                 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Surprise per frame from a torch JEPA model: mean squared error between the tokens predicted for the step
-    ending at frame t (from the clip ending at t-2) and the tokens the encoder sees for that step."""
-    import torch
+def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[..., np.ndarray],
+                  grid: tuple[int, int, int], frames: int, extrapolates: bool, mean, std, batch: int = 32,
+                  how: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
+    """Surprise per frame as the runtime computes it: mean squared error between the tokens predicted for the step
+    ending at frame t (from the clip ending one tubelet earlier) and the tokens the encoder sees for that step.
 
-    from .data import normalize
-    from .train import step_ids
+    `encode((k, C, F, H, W) float32) -> (k, N, D)`, `predict(context, context_ids, target_ids) -> (k, HW, D)`.
+    RoPE predictors (`extrapolates`) take the whole clip and the step after it; sincos-table ones the clip's last
+    T-1 steps and the last position inside their table (see `Runtime`).
+    """
+    t_steps, gh, gw = grid
+    hw = gh * gw
+    n = t_steps * hw
+    tubelet = frames // t_steps
+    skip = 0 if extrapolates else hw
+    ctx_ids = np.arange(n - skip, dtype=np.int64)
+    tgt_ids = np.arange(n - skip, n - skip + hw, dtype=np.int64)
+    mean = np.asarray(mean, np.float32)[:, None, None]
+    std = np.asarray(std, np.float32)[:, None, None]
 
-    ctx_ids, tgt_ids = step_ids(model, horizon)
-    hw = tgt_ids.numel()
-    f = frames_per_clip
-
-    @torch.no_grad()
-    def score(frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(normalize(frames))  # (L, 3, H, W)
-        out = np.full(len(frames), np.nan, np.float32)
-        for chunk, ctx, tgt in surprise_windows(x, f, batch, torch.stack, 2 * horizon):
-            z_ctx, z_tgt = model.encoder(ctx), model.encoder(tgt)
-            n = len(chunk)
-            pred = model.predictor(z_ctx, ctx_ids.expand(n, -1), tgt_ids.expand(n, -1))
-            out[chunk] = reduce_tokens(((pred - z_tgt[:, -hw:]) ** 2).mean(2).numpy(), how)
+    def score(clip: np.ndarray) -> np.ndarray:
+        x = ((clip.astype(np.float32) / 255.0).transpose(0, 3, 1, 2) - mean) / std  # (L, 3, H, W)
+        out = np.full(len(clip), np.nan, np.float32)
+        for chunk, ctx, tgt in surprise_windows(x, frames, batch, np.stack, tubelet):
+            z_ctx = encode(np.ascontiguousarray(ctx))
+            z_tgt = encode(np.ascontiguousarray(tgt))
+            k = len(chunk)
+            p = predict(np.ascontiguousarray(z_ctx[:, skip:]), np.tile(ctx_ids, (k, 1)), np.tile(tgt_ids, (k, 1)))
+            out[chunk] = reduce_tokens(((p - z_tgt[:, -hw:]) ** 2).mean(2), how)
         return out
 
     return score
@@ -168,29 +175,18 @@ def bundle_scorer(bundle, how: str = "mean", batch: int = 32) -> Callable[[np.nd
     import onnxruntime as ort
 
     m = bundle.manifest
-    if m.input.layout != "BCTHW" or "predictor" not in m.graphs:
-        raise ValueError(f"{bundle.path}: VoE needs a BCTHW video bundle with a predictor graph")
-    f = m.input.frames
-    t_steps, gh, gw = m.latent.grid
-    hw = gh * gw
-    n = t_steps * hw
+    if m.input.layout == "BCHW" or "predictor" not in m.graphs:
+        raise ValueError(f"{bundle.path}: VoE needs a video bundle with a predictor graph")
     enc = ort.InferenceSession(str(bundle.graph_path("encoder")), providers=["CPUExecutionProvider"])
     pred = ort.InferenceSession(str(bundle.graph_path("predictor")), providers=["CPUExecutionProvider"])
-    mean = np.array(m.input.mean, np.float32)[:, None, None]
-    std = np.array(m.input.std, np.float32)[:, None, None]
-    ctx_ids = np.arange(n, dtype=np.int64)
-    tgt_ids = np.arange(n, n + hw, dtype=np.int64)
+    btchw = m.input.layout == "BTCHW"
 
-    def score(frames: np.ndarray) -> np.ndarray:
-        x = ((frames.astype(np.float32) / 255.0).transpose(0, 3, 1, 2) - mean) / std  # (L, 3, H, W)
-        out = np.full(len(frames), np.nan, np.float32)
-        for chunk, ctx, tgt in surprise_windows(x, f, batch, np.stack):
-            z_ctx = enc.run(None, {"pixels": np.ascontiguousarray(ctx)})[0]
-            z_tgt = enc.run(None, {"pixels": np.ascontiguousarray(tgt)})[0]
-            k = len(chunk)
-            p = pred.run(None, {"context": z_ctx, "context_ids": np.tile(ctx_ids, (k, 1)),
-                                "target_ids": np.tile(tgt_ids, (k, 1))})[0]
-            out[chunk] = reduce_tokens(((p - z_tgt[:, -hw:]) ** 2).mean(2), how)
-        return out
+    def encode(x: np.ndarray) -> np.ndarray:
+        return enc.run(None, {"pixels": np.ascontiguousarray(x.swapaxes(1, 2)) if btchw else x})[0]
 
-    return score
+    def predict(context: np.ndarray, context_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+        return pred.run(None, {"context": context, "context_ids": context_ids, "target_ids": target_ids})[0]
+
+    extrapolates = m.model.get("encoder", {}).get("pos_embed") == "rope"
+    return latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, extrapolates, m.input.mean,
+                         m.input.std, batch, how)
