@@ -9,11 +9,11 @@ quantization TensorRT consumes - restricted by `nodes_to_quantize` to the MatMul
 initializer. Conv (the patch embedding) stays float: with its output not re-quantized ONNX Runtime has no integer
 kernel for it and ran it as a float Conv behind runtime Q / DQ of pixels and weights (measured ~5 % slower than the
 float Conv, and less accurate). Tensors that a float node also reads bypass their Q / DQ pair for that node
-(`float_consumers_bypass_qdq`). Quantizing every op (Softmax included, which ONNX Runtime then fuses into QLinearSoftmax) was
-measured here to cost accuracy (cosine 0.975) and speed; the weight GEMMs alone carry the work and keep cosine
-~0.9999. Activations and weights are symmetric int8 by default (TensorRT needs zero points of 0). Calibration
-inputs are the calibration frames preprocessed as the runtime does, and for the predictors the FP32 encoder's
-tokens (see `ami_edge.calibration.reader`).
+(`float_consumers_bypass_qdq`). Quantizing every op (Softmax included, which ONNX Runtime then fuses into
+QLinearSoftmax) was measured here to cost accuracy (cosine 0.975) and speed; the weight GEMMs alone carry the work
+and keep cosine ~0.9999. Activations and weights are symmetric int8 by default (TensorRT needs zero points of 0).
+Calibration inputs are the calibration frames preprocessed as the runtime does, and for the predictors the FP32
+encoder's tokens (see `ami_edge.calibration.reader`).
 
 FP16: `onnxruntime.transformers.float16` converts weights and ops, keeping float32 graph inputs and outputs so the
 runtime feeds the bundle unchanged.
