@@ -5,12 +5,15 @@
 
 INT8, per graph (encoder, predictor, ac_predictor): `quant_pre_process` (shape inference and graph optimisation),
 then `quantize_static` in QDQ format - QuantizeLinear / DequantizeLinear pairs around float ops, the explicit
-quantization TensorRT consumes - restricted by `nodes_to_quantize` to the MatMul / Gemm / Conv nodes whose weight
-is an initializer. Quantizing every op (Softmax included, which ONNX Runtime then fuses into QLinearSoftmax) was
-measured here to cost accuracy (cosine 0.975) and speed; the weight GEMMs alone carry the work and keep cosine
-~0.9999. Activations and weights are symmetric int8 by default (TensorRT needs zero points of 0). Calibration
-inputs are the calibration frames preprocessed as the runtime does, and for the predictors the FP32 encoder's
-tokens (see `ami_edge.calibration.reader`).
+quantization TensorRT consumes - restricted by `nodes_to_quantize` to the MatMul / Gemm nodes whose weight is an
+initializer. Conv (the patch embedding) stays float: with its output not re-quantized ONNX Runtime has no integer
+kernel for it and ran it as a float Conv behind runtime Q / DQ of pixels and weights (measured ~5 % slower than the
+float Conv, and less accurate). Tensors that a float node also reads bypass their Q / DQ pair for that node
+(`float_consumers_bypass_qdq`). Quantizing every op (Softmax included, which ONNX Runtime then fuses into
+QLinearSoftmax) was measured here to cost accuracy (cosine 0.975) and speed; the weight GEMMs alone carry the work
+and keep cosine ~0.9999. Activations and weights are symmetric int8 by default (TensorRT needs zero points of 0).
+Calibration inputs are the calibration frames preprocessed as the runtime does, and for the predictors the FP32
+encoder's tokens (see `ami_edge.calibration.reader`).
 
 FP16: `onnxruntime.transformers.float16` converts weights and ops, keeping float32 graph inputs and outputs so the
 runtime feeds the bundle unchanged.
@@ -50,7 +53,8 @@ from ami_edge.errors import ConfigError, ExportError
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+# Ops quantized when their weight is a constant. Not Conv: see the module doc.
+WEIGHT_OPS = ("MatMul", "Gemm")
 DEFAULT_EVAL_SOURCE = "synthetic://bouncing?seed=424242"
 
 
@@ -71,8 +75,8 @@ class _OrtReader(CalibrationDataReader):
 
 
 def weight_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul / Gemm / Conv nodes whose second input (the weight) is a constant: the GEMMs that do
-    the work. Everything else (Softmax, LayerNorm, activation x activation MatMuls in attention) stays float."""
+    """Names of the MatMul / Gemm nodes whose second input (the weight) is a constant: the GEMMs that do the
+    work. Everything else (Softmax, LayerNorm, activation x activation MatMuls in attention, Conv) stays float."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in model.graph.node
@@ -117,7 +121,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
     onnx.save(model, str(pre))
     nodes = weight_nodes(model)
     if not nodes:
-        raise ExportError(f"{src.name}: no MatMul / Gemm / Conv with a constant weight to quantize")
+        raise ExportError(f"{src.name}: no MatMul / Gemm with a constant weight to quantize")
     symmetric = activation == "int8"
     try:
         quantize_static(str(pre), str(dst), _OrtReader(FeedReader(feeds)), quant_format=QuantFormat.QDQ,
@@ -128,7 +132,46 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
                                        "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
     except Exception as exc:  # ORT raises many types; name the graph
         raise ExportError(f"quantize_static failed on {src.name}: {str(exc).strip().splitlines()[0]}") from exc
-    return {"quantized_nodes": len(nodes), "total_nodes": len(model.graph.node), "symbolic_shapes": symbolic}
+    quantized = onnx.load(str(dst))
+    bypassed = float_consumers_bypass_qdq(quantized, set(nodes))
+    if bypassed:
+        onnx.save(quantized, str(dst))
+    return {"quantized_nodes": len(nodes), "total_nodes": len(model.graph.node), "symbolic_shapes": symbolic,
+            "float_readers_bypassing_qdq": bypassed}
+
+
+def float_consumers_bypass_qdq(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Feed the float tensor, not its QuantizeLinear -> DequantizeLinear copy, to nodes that are not quantized.
+
+    quantize_static puts one Q / DQ pair on a tensor that a quantized GEMM reads and routes *every* reader through
+    it. For a reader that stays float (a Shape node, say) that is a useless rounding, and it costs more than that in
+    ONNX Runtime: a Q with several DQ readers is not converted to the uint8 form x86 kernels need, so the GEMM
+    behind it stays a float MatMul with its weights dequantized on every call (measured on the predictor's input
+    projection, whose `context` input also feeds Shape). Returns how many inputs were rewired; Q / DQ nodes left
+    without readers are removed. The graph stays plain QDQ.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    rewired = 0
+    for node in graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+    while True:  # drop Q / DQ nodes nobody reads any more (DQ first frees its Q)
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            return rewired
+        for n in dead:
+            graph.node.remove(n)
 
 
 @contextlib.contextmanager
@@ -301,7 +344,7 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
             "settings": {**settings, "activation_type": activation if precision == "int8" else "float16",
                          "weight_type": "int8" if precision == "int8" else "float16",
                          "symmetric_activations": precision == "int8" and activation == "int8",
-                         "nodes": "MatMul/Gemm/Conv with constant weights" if precision == "int8" else "all",
+                         "nodes": "MatMul/Gemm with constant weights" if precision == "int8" else "all",
                          "gate": {"min_cosine": min_cosine, "max_auc_drop": max_auc_drop},
                          "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                                       "ami_edge": ami_edge.__version__},

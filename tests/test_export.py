@@ -82,6 +82,27 @@ def test_graphs_are_single_file_and_valid(hf_bundle):
     assert enc.inputs[0].shape == ("batch", 4, 3, 32, 32) and enc.outputs[0].shape == ("batch", 32, 60)
 
 
+def test_attention_and_gelu_export_in_forms_onnx_runtime_fuses(hf_bundle, tmp_path):
+    """Attention is written as MatMul(q, Transpose(k)) * scale (not the exporter's SDPA decomposition with its
+    Shape / Slice / Concat plumbing) and GELU as (x * 0.5) * (1 + erf(x / sqrt 2)), so ONNX Runtime's CPU optimizer
+    fuses each layer's scores into one FusedMatMul and its GELU into one (Bias)Gelu kernel."""
+    for name in ("encoder", "predictor"):
+        model = onnx.load(str(hf_bundle.graph_path(name)))
+        ops = [n.op_type for n in model.graph.node]
+        layers = ops.count("Softmax")
+        assert layers > 0 and ops.count("Erf") == layers
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no CPU-layout ops
+        ort.InferenceSession(str(hf_bundle.graph_path(name)), sess_options=options,
+                             providers=["CPUExecutionProvider"])
+        fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert "Erf" not in fused and fused.count("Gelu") + fused.count("BiasGelu") == layers, name
+        assert fused.count("FusedMatMul") == layers, name
+        if name == "encoder":  # fixed token grid: no shape arithmetic left at all
+            assert "Shape" not in ops
+
+
 def test_export_official_ac_and_vjepa1(tmp_path):
     from .conftest import randomize
     from .official_ac_reference import VisionTransformerPredictorAC

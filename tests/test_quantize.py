@@ -127,8 +127,35 @@ def test_int8_bundle_is_qdq_on_weight_gemms_only(int8_bundle):
         inits = {i.name: i for i in graph.initializer}
         weights = [producer[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in producer
                    and producer[n.input[1]].op_type == "DequantizeLinear"]
-        assert len(weights) == m.quantization.settings["graphs"][name]["quantized_nodes"] - (name == "encoder")
+        assert len(weights) == m.quantization.settings["graphs"][name]["quantized_nodes"]
         assert all(inits[w.input[0]].data_type == onnx.TensorProto.INT8 for w in weights)
+        # the patch-embedding Conv stays float (ONNX Runtime has no integer Conv with a float output)
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for n in convs for i in n.input)
+        # float readers (Shape, Conv, LayerNorm ...) take the float tensor, not a Q -> DQ copy of it
+        quantized = {n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in producer
+                     and producer[n.input[1]].op_type == "DequantizeLinear"}
+        for node in graph.node:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name not in quantized:
+                assert not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                               for i in node.input), node.name
+
+
+def test_onnx_runtime_runs_every_quantized_gemm_in_int8(int8_bundle, tmp_path):
+    """ONNX Runtime's CPU graph optimizer turns each DQ -> MatMul of the saved graph into MatMulIntegerToFloat; a
+    DequantizeLinear left standing would mean a float GEMM fed weights dequantized on every call."""
+    import onnxruntime as ort
+
+    settings = int8_bundle.manifest.quantization.settings["graphs"]
+    for name in ("encoder", "predictor", "ac_predictor"):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no CPU-layout ops
+        ort.InferenceSession(str(int8_bundle.graph_path(name)), sess_options=options,
+                             providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert ops.count("MatMulIntegerToFloat") == settings[name]["quantized_nodes"], name
+        assert "DequantizeLinear" not in ops, name
 
 
 def test_int8_report_is_sane(int8_bundle, full_bundle):

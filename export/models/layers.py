@@ -178,9 +178,18 @@ class Attention(nn.Module):
             q, k, v = qk[0], qk[1], qkv[2]
         else:
             q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, N, hd)
-        # softmax(q k^T * scale + bias) v; SDPA avoids materialising (B, nh, N, N) in torch (4608-token clips),
-        # and the exporter still writes MatMul/Softmax, which TensorRT fuses.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)  # (B, nh, N, hd)
+        # softmax(q k^T * scale + bias) v. In torch, SDPA avoids materialising (B, nh, N, N) (4608-token clips).
+        # For ONNX the same product is written out explicitly: the exporter's SDPA decomposition scales q and k
+        # separately and transposes k through Shape / Slice / Concat / Reshape (~10 nodes per layer), while
+        # MatMul(q, Transpose(k)) * scale is what ONNX Runtime fuses into one FusedMatMul (and TensorRT into its
+        # attention kernel). Both compute the same attention; export parity checks ONNX against torch's SDPA.
+        if torch.onnx.is_in_onnx_export():
+            scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, nh, N, N)
+            if attn_bias is not None:
+                scores = scores + attn_bias
+            y = torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, N, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)  # (B, nh, N, hd)
         return self.proj(y.transpose(1, 2).reshape(B, N, C))  # (B, N, C)
 
 
@@ -192,7 +201,12 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        if torch.onnx.is_in_onnx_export():
+            # The exporter writes GELU as x * (0.5 * (1 + erf(x / sqrt 2))), a form ONNX Runtime does not fuse;
+            # (x * 0.5) * (1 + erf(x / sqrt 2)) is its Gelu pattern (one kernel instead of Div, Erf, Add, 2 Mul).
+            return self.fc2(h * 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0))))
+        return self.fc2(self.act(h))
 
 
 class Block(nn.Module):
