@@ -34,7 +34,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", default="default")
+    p.add_argument("--teacher", default="default-fp32")
     p.add_argument("--out", default="build/distill-demo")
     p.add_argument("--steps", default="1500")
     p.add_argument("--voe-pairs", default="40")

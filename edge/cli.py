@@ -121,7 +121,7 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
 @command("distill", "distill a JEPA teacher (checkpoint or bundle) into a smaller student bundle, with a report",
          run=lazy("ami_edge.export.distill", "export"))
 def _configure_distill(p: argparse.ArgumentParser) -> None:
-    p.add_argument("teacher", nargs="?", default="default",
+    p.add_argument("teacher", nargs="?", default="default-fp32",
                    help="teacher: a bundle (path or shipped name), an official .pt, a Hugging Face directory, a "
                         "native .safetensors or preset:NAME (default: the shipped default bundle)")
     p.add_argument("--family", default="auto", choices=["auto", "vjepa2", "vjepa", "ijepa", "hf", "native"],

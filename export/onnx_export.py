@@ -135,6 +135,18 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
+def strip_node_metadata(onnx: Any, path: Path) -> None:
+    """Drop the exporter's per-node debugging metadata (torch stack traces, FX node names): ~20 % of a small
+    graph's bytes (480 KB of the default bundle's 3.9 MB), read by nothing, and it varies with source line numbers."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
+
+
 def export_graph(plan: GraphPlan, path: Path, opset: int, external_data: bool = False) -> Path | None:
     """torch -> ONNX, then onnx.checker. Returns the external data file, if the weights went to one.
 
@@ -151,6 +163,8 @@ def export_graph(plan: GraphPlan, path: Path, opset: int, external_data: bool = 
                           verbose=False)
     except Exception as exc:  # the exporter raises many types; wrap with the graph name
         raise ExportError(f"torch.onnx.export of the {plan.name} graph failed: {exc}") from exc
+    if not external_data:
+        strip_node_metadata(onnx, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)  # a path, so external data is checked too
     except Exception as exc:  # ValidationError, or shape_inference.InferenceError with full_check

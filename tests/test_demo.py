@@ -20,13 +20,20 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert "Warning" not in proc.stderr
     for name in ("demo.safetensors", "training.png", "history.json"):
         assert (out / name).is_file()
-    bundle = load_bundle(out / "default.amiedge")
+    bundle = load_bundle(out / "default-fp32.amiedge")
+    assert bundle.manifest.name == "default-fp32"
     t = bundle.manifest.training
     assert t["recipe"]["seed"] == 0 and t["steps"] == 4 and 0 < t["token_rank_frac"] <= 1
     assert set(t["voe"]) == set(KINDS) and all(0 <= r["auc"] <= 1 for r in t["voe"].values())
     assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
     history = json.loads((out / "history.json").read_text())
     assert [r["step"] for r in history][-1] == 3
+    # ... and the INT8 `default` made from exactly those graphs, with its report against them
+    int8 = load_bundle(out / "default.amiedge")
+    q = int8.manifest.quantization
+    assert {g.precision for g in int8.manifest.graphs.values()} == {"int8"} and int8.manifest.name == "default"
+    assert q.reference["graphs"] == {name: g.sha256 for name, g in bundle.manifest.graphs.items()}
+    assert q.report["latent_cosine_mean"] >= 0.999 and q.report["voe_pairs"] == 2
     proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     assert set(json.loads(proc.stdout)) == set(KINDS)

@@ -73,9 +73,11 @@ def test_wheel_ships_the_default_bundle(tmp_path):
         infos = {i.filename: i for i in zf.infolist()}
         shipped = {name: i.file_size for name, i in infos.items() if name.startswith("ami_edge/bundles/")}
         manifest = json.loads(zf.read("ami_edge/bundles/default.amiedge/manifest.json"))
-    for graph in manifest["graphs"].values():
-        assert f"ami_edge/bundles/default.amiedge/{graph['file']}" in shipped
-    assert sum(shipped.values()) <= 5 * 1024 * 1024, f"shipped bundles take {sum(shipped.values())} bytes"
+        fp32 = json.loads(zf.read("ami_edge/bundles/default-fp32.amiedge/manifest.json"))
+    for name, m in (("default", manifest), ("default-fp32", fp32)):
+        for graph in m["graphs"].values():
+            assert f"ami_edge/bundles/{name}.amiedge/{graph['file']}" in shipped
+    assert sum(shipped.values()) <= 5_000_000, f"shipped bundles take {sum(shipped.values())} bytes"
     assert "ami_edge/firmware_bridge/c/ami_bridge.h" in infos
 
 
@@ -90,3 +92,20 @@ def test_default_bundle_records_its_recipe_and_metrics():
     assert set(training["voe"]) == {*VIOLATIONS, "splice"}
     assert all(0 <= row["auc"] <= 1 and row["pairs"] > 0 for row in training["voe"].values())
     assert training["token_rank_frac"] >= 0.25  # the collapse guard of the demo issue
+
+
+def test_default_is_the_gated_int8_copy_of_default_fp32():
+    """`default` is INT8 QDQ made from exactly the shipped `default-fp32` graphs, and passed the issue's gate:
+    latent cosine >= 0.999 and VoE-AUC within 0.01 of FP32, as measured when it was made."""
+    from ami_edge import load_bundle
+
+    int8, fp32 = load_bundle("default"), load_bundle("default-fp32")
+    assert {g.precision for g in int8.manifest.graphs.values()} == {"int8"}
+    assert {g.precision for g in fp32.manifest.graphs.values()} == {"fp32"}
+    q = int8.manifest.quantization
+    assert q is not None and q.format == "QDQ"
+    reference = q.reference["graphs"]
+    assert reference == {name: g.sha256 for name, g in fp32.manifest.graphs.items()}
+    report = q.report
+    assert report["latent_cosine_mean"] >= 0.999 and abs(report["voe_auc_delta"]) <= 0.01
+    assert report["voe_pairs"] >= 40
