@@ -137,11 +137,11 @@ class TorchTeacher(Teacher):
 
     @torch.no_grad()
     def predict(self, ctx, ctx_ids, tgt_ids):
-        return self.model.predictor(ctx, ctx_ids.to(self.device), tgt_ids.to(self.device))
+        return self.model.predictor(ctx.to(self.device), ctx_ids.to(self.device), tgt_ids.to(self.device))
 
     @torch.no_grad()
     def act(self, ctx, actions, states):
-        return self.model.ac_predictor(ctx, actions.to(self.device), states.to(self.device))
+        return self.model.ac_predictor(ctx.to(self.device), actions.to(self.device), states.to(self.device))
 
 
 class BundleTeacher(Teacher):
@@ -562,7 +562,7 @@ class Distiller:
         """Per rank: a digest of the student's weights (DDP keeps them equal) and of the frames it trained on
         (each rank reads its own stream). Collective: every rank must call it."""
         mine = torch.tensor([sum(float(p.double().sum()) for p in self.pair.parameters()), self.data_digest],
-                            dtype=torch.float64)
+                            dtype=torch.float64, device=self.device)  # nccl gathers device tensors
         if self.dist.world == 1:
             rows = [mine]
         else:
@@ -622,11 +622,12 @@ def count(model: JEPAModel) -> dict[str, int]:
     enc = cfg.encoder
     shape = {"BCTHW": (1, 3, enc.num_frames, *enc.img_size), "BTCHW": (1, enc.num_frames, 3, *enc.img_size),
              "BCHW": (1, 3, *enc.img_size)}[enc.layout]
-    ids = prediction_ids(cfg)
+    device = next(model.parameters()).device
+    ids = {k: v.to(device) for k, v in prediction_ids(cfg).items()}
     out = {"params": sum(p.numel() for p in model.parameters())}
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
-            z = model.encoder(torch.zeros(shape))
+            z = model.encoder(torch.zeros(shape, device=device))
         out["encoder_flops"] = fc.get_total_flops()
         out["predictor_flops"] = 0
         if model.predictor is not None:
@@ -639,7 +640,7 @@ def count(model: JEPAModel) -> dict[str, int]:
 
 def teacher_model(teacher: Teacher) -> JEPAModel:
     if isinstance(teacher, TorchTeacher):
-        return teacher.model.cpu()
+        return teacher.model
     torch.manual_seed(0)
     return JEPAModel(teacher.config)  # architecture only: FLOPs and parameter counts do not depend on weights
 
