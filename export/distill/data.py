@@ -85,7 +85,8 @@ class SourceData:
         pick = self.rng.choice(len(self.buffer), size=batch, replace=False)
         rows = [self.buffer[k] for k in pick]
         if remove:
-            self.buffer = [e for k, e in enumerate(self.buffer) if k not in set(pick.tolist())]
+            taken = set(pick.tolist())
+            self.buffer = [e for k, e in enumerate(self.buffer) if k not in taken]
         dims = max(r[1].shape[1] for r in rows)
         pad = lambda a: np.pad(a, ((0, 0), (0, dims - a.shape[1])))  # noqa: E731
         return Clips(np.stack([r[0] for r in rows]), np.stack([pad(r[1]) for r in rows]),

@@ -210,21 +210,20 @@ class Distiller:
         z_t = self.teacher.encode(x_t)
         if not self.scale:
             self.scale = float(z_t.float().std())
-        s_grid = (self.s_grid[0], *self.s_grid[1:])
-        tokens = resample(z_t, self.t_grid, s_grid) / self.scale
+        tokens = resample(z_t, self.t_grid, self.s_grid) / self.scale
         pred = ac = acts = states = None
         if self.student.predictor is not None:
             b = z_t.shape[0]
             skip = int(self.t_ids["skip"])
             p = self.teacher.predict(z_t[:, skip:].contiguous(), self.t_ids["ctx"].expand(b, -1),
                                      self.t_ids["tgt"].expand(b, -1))
-            pred = resample(p, (1, *self.t_grid[1:]), (1, *s_grid[1:])) / self.scale
+            pred = resample(p, (1, *self.t_grid[1:]), (1, *self.s_grid[1:])) / self.scale
         rows = np.flatnonzero(clips.pusher)
         if self.student.ac_predictor is not None and len(rows):
             a_t, s_t = step_inputs(clips.actions[rows], clips.states[rows], tf, self.tubelet, 0)
             p = self.teacher.act(z_t[rows].contiguous(), a_t, s_t)
             hw = self.t_grid[1] * self.t_grid[2]
-            ac = resample(p[:, -hw:], (1, *self.t_grid[1:]), (1, *s_grid[1:])) / self.scale
+            ac = resample(p[:, -hw:], (1, *self.t_grid[1:]), (1, *self.s_grid[1:])) / self.scale
             acts, states = step_inputs(clips.actions[rows], clips.states[rows], sf, self.tubelet, first)
             order = np.concatenate([rows, np.flatnonzero(~clips.pusher)])  # pusher rows first for the AC slice
             x, x_next, tokens = x[order], x_next[order], tokens[order]
