@@ -58,14 +58,18 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1, what: str = "a positive integer") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _positive_int(text, 0, "an integer >= 0")
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -111,6 +115,9 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="training steps (default 1000, the shipped default bundle's recipe)")
     p.add_argument("--horizon", type=_positive_int, default=3,
                    help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
+    p.add_argument("--residual-steps", type=_non_negative_int, default=1500,
+                   help="second stage: steps fine-tuning the predictor as a next-step residual predictor on the "
+                        "frozen encoder (default 1500; 0 skips it)")
     p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the weights and the data order")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")

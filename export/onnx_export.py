@@ -88,7 +88,8 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
                  "target_ids": tgt.expand(batch, -1).contiguous()},
                 ["prediction"],
                 {"context": {0: "batch", 1: "context"}, "context_ids": {0: "batch", 1: "context"},
-                 "target_ids": {0: "batch", 1: "target"}}))
+                 # a residual predictor's target is always one grid step
+                 "target_ids": {0: "batch"} if model.cfg.predictor.residual else {0: "batch", 1: "target"}}))
         elif name == "ac_predictor":
             plans.append(_ac_plan(model, tokens, batch, gen))
         else:

@@ -15,7 +15,8 @@ from .conftest import run_cli
 
 def test_train_demo_then_eval_voe(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("train-demo", "--steps", "4", "--batch", "4", "--out", str(out), "--eval-pairs", "2")
+    proc = run_cli("train-demo", "--steps", "4", "--residual-steps", "3", "--batch", "4", "--out", str(out),
+                   "--eval-pairs", "2")
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
     for name in ("demo.safetensors", "training.png", "history.json"):
@@ -26,8 +27,12 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert t["recipe"]["seed"] == 0 and t["steps"] == 4 and 0 < t["token_rank_frac"] <= 1
     assert set(t["voe"]) == set(KINDS) and all(0 <= r["auc"] <= 1 for r in t["voe"].values())
     assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
+    # second stage: the predictor became a residual next-step predictor, logged against copying the last step
+    assert bundle.manifest.model["predictor"]["residual"] is True and t["residual_steps"] == 3
+    assert t["val_residual"] > 0 and t["val_copy_last"] > 0
     history = json.loads((out / "history.json").read_text())
-    assert [r["step"] for r in history][-1] == 3
+    # logged every 25 steps and at the end of each stage; the second stage's steps continue the first's
+    assert [(r["step"], r.get("stage")) for r in history] == [(0, None), (3, None), (4, "residual"), (6, "residual")]
     # ... and the INT8 `default` made from exactly those graphs, with its report against them
     int8 = load_bundle(out / "default.amiedge")
     q = int8.manifest.quantization
@@ -42,7 +47,7 @@ def test_train_demo_then_eval_voe(tmp_path):
 def test_training_is_reproducible_from_its_seed():
     from ami_edge.export.demo.train import TrainConfig, train
 
-    cfg = TrainConfig(steps=2, batch=4, pool=8, log_every=1, threads=1)
+    cfg = TrainConfig(steps=2, batch=4, pool=8, log_every=1, threads=1, residual_steps=2)
     a, b = train(cfg), train(cfg)
     for k, v in a.model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), b.model.state_dict()[k].numpy())

@@ -155,6 +155,44 @@ def test_predictor_ignores_context_order():
                                    atol=1e-5, rtol=1e-5)
 
 
+
+def test_residual_predictor_adds_its_change_to_the_last_step(tmp_path):
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ami_edge import load_bundle
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    cfg = preset_config("tiny")
+    residual = randomize(Predictor(dataclasses.replace(cfg.predictor, residual=True), cfg.encoder), seed=7)
+    plain = Predictor(cfg.predictor, cfg.encoder).eval()
+    plain.load_state_dict(residual.state_dict())
+    t, h, w = cfg.encoder.grid
+    n, hw = t * h * w, h * w
+    ctx = torch.randn(2, n, cfg.encoder.embed_dim, generator=torch.Generator().manual_seed(1))
+    ctx_ids, tgt_ids = torch.arange(n).expand(2, -1), torch.arange(n, n + hw).expand(2, -1)  # the step after
+    with torch.no_grad():
+        out = residual(ctx, ctx_ids, tgt_ids)
+        torch.testing.assert_close(out, ctx[:, -hw:] + plain(ctx, ctx_ids, tgt_ids))
+        assert (out - ctx[:, -hw:]).abs().max() > 1e-2  # it does predict a change
+        for bad in ((ctx, ctx_ids, tgt_ids[:, 1:]), (ctx[:, 1:], ctx_ids[:, 1:], tgt_ids)):
+            with pytest.raises(ValueError, match="one 4x4 grid step"):
+                residual(*bad)
+    # exported: the same numbers from ONNX Runtime on the runtime's query (whole clip -> the step after it)
+    loaded = load_preset("tiny", seed=3)
+    model = loaded.model
+    model.cfg = dataclasses.replace(model.cfg, predictor=dataclasses.replace(model.cfg.predictor, residual=True))
+    model.predictor.cfg = model.cfg.predictor
+    bundle = load_bundle(export_bundle(loaded, tmp_path / "res", graphs=["encoder", "predictor"]).path)
+    assert bundle.manifest.model["predictor"]["residual"] is True
+    sess = ort.InferenceSession(str(bundle.graph_path("predictor")), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"context": ctx.numpy(), "context_ids": ctx_ids.numpy(), "target_ids": tgt_ids.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model.predictor(ctx, ctx_ids, tgt_ids).numpy(), atol=1e-4)
+
+
 SMALL_PRESETS = sorted(n for n in PRESETS if not n.startswith("vjepa2-"))
 
 

@@ -34,15 +34,18 @@ def train_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
-                      horizon=args.horizon)
+                      horizon=args.horizon, residual_steps=args.residual_steps)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("train", total=cfg.steps, info="")
 
         def progress(step: int, total: int, row: dict) -> None:
-            info = (f"pred {row['val_pred']:.4f} ac {row.get('val_ac', float('nan')):.4f} "
-                    f"rank {row['token_rank_frac']:.2f}")
+            if "val_residual" in row:  # second stage: the residual predictor against copying the last step
+                info = f"residual {row['val_residual']:.4f} copy-last {row['val_copy']:.4f}"
+            else:
+                info = (f"pred {row['val_pred']:.4f} ac {row.get('val_ac', float('nan')):.4f} "
+                        f"rank {row['token_rank_frac']:.2f}")
             bar.update(task, completed=step, info=info)
 
         result = train(cfg, progress)

@@ -111,6 +111,10 @@ class PredictorConfig:
     num_mask_tokens: int = 10  # 0: a single `mask_token` (I-JEPA); else a list of learned tokens (V-JEPA)
     mask_index: int = 1  # which learned mask token inference uses (the official default)
     norm_eps: float = 1e-6
+    # Next-step residual (ami-edge demo model): the targets are one whole time step of the grid, the context ends
+    # with the step before it, and the output is that last context step plus the predicted change. Copying what
+    # stays still is then free and the capacity goes to what moves. Official predictors predict absolute latents.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         _check_transformer("predictor", "--pred-num-heads", self.embed_dim, self.depth, self.num_heads,

@@ -50,9 +50,16 @@ class Predictor(nn.Module):
             target_ids: (B, Nt) int64 flat token ids to predict.
         Returns:
             (B, Nt, D) predicted encoder tokens at `target_ids`.
+        Raises:
+            ValueError: a `residual` predictor asked for anything but one grid step after a context of whole steps.
         """
         B, Nc, _ = context.shape
         Nt = target_ids.shape[1]
+        _, h, w = self.enc.grid
+        if self.cfg.residual and not torch.onnx.is_in_onnx_export():  # the exported graph fixes the target length
+            if Nt != h * w or Nc % Nt:
+                raise ValueError(f"residual predictor: targets must be one {h}x{w} grid step ({h * w} tokens) after "
+                                 f"whole context steps, got {Nt} targets after {Nc} context tokens")
         x = self.predictor_embed(context)  # (B, Nc, d)
         targets = self.mask_embedding().expand(B, Nt, -1)  # (B, Nt, d)
         if not self.use_rope:
@@ -62,11 +69,12 @@ class Predictor(nn.Module):
         x = torch.cat([x, targets], dim=1)  # (B, Nc + Nt, d)
         rope = None
         if self.use_rope:  # tables from the ids once per forward, shared by every block
-            _, h, w = self.enc.grid
             ids = torch.cat([context_ids, target_ids], dim=1)  # (B, Nc + Nt)
             pos = tuple(p.unsqueeze(1) for p in grid_positions(ids, h, w))  # each (B, 1, Nc + Nt)
             rope = self.predictor_blocks[0].attn.rope.tables(pos)  # type: ignore[union-attr, arg-type]
         for blk in self.predictor_blocks:
             x = blk(x, rope)
         x = self.predictor_norm(x[:, Nc:])  # (B, Nt, d); LayerNorm is per token, so slice first
+        if self.cfg.residual:  # the change from the context's last step, at the same grid positions
+            return context[:, -h * w:] + self.predictor_proj(x)  # (B, Nt, D)
         return self.predictor_proj(x)  # (B, Nt, D)
