@@ -179,6 +179,14 @@ def latent_health(model: JEPAModel, batch: Batch, cfg: TrainConfig) -> dict[str,
             "pooled_rank": effective_rank(pooled), "dim": d}
 
 
+def adamw(params: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or mask tokens)."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.99))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
 
@@ -201,10 +209,7 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     _init(model, gen)
     pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2 * cfg.horizon)
     held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2 * cfg.horizon).sample(cfg.batch)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     result = TrainResult(model)
     teacher = None
     if cfg.target == "ema":
@@ -256,9 +261,7 @@ def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_
         model.predictor.predictor_proj.bias.zero_()
     model.encoder.requires_grad_(False)
     params = list(model.predictor.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}],
-                            lr=cfg.residual_lr, betas=(0.9, 0.99))
+    opt = adamw(params, cfg.residual_lr, cfg.weight_decay)
     f, hw = cfg.frames, model.cfg.encoder.grid[1] * model.cfg.encoder.grid[2]
     ctx_ids, tgt_ids = step_ids(model)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ami_edge.errors import CheckpointError, ConfigError
 
-from ..demo.train import lr_at
+from ..demo.train import adamw, lr_at
 from ..models import JEPAModel
 from ..models.config import JEPAConfig
 from .data import Clips, DemoData, SourceData, normalise
@@ -181,10 +181,7 @@ class Distiller:
         if dist.world > 1:
             self.module = nn.parallel.DistributedDataParallel(
                 self.pair, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-        decay = [p for p in self.pair.parameters() if p.dim() > 1]
-        rest = [p for p in self.pair.parameters() if p.dim() <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+        self.opt = adamw(self.pair.parameters(), cfg.lr, cfg.weight_decay)
         self.t_ids, self.s_ids = prediction_ids(teacher.config), prediction_ids(student_cfg)
         self.s_ids = {k: v.to(device) for k, v in self.s_ids.items()}
         self.scale = 0.0  # teacher token std, fixed on the first batch
