@@ -58,7 +58,7 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _positive_int(text: str, least: int = 1, what: str = "a positive integer") -> int:
+def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -68,8 +68,12 @@ def _positive_int(text: str, least: int = 1, what: str = "a positive integer") -
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
 def _non_negative_int(text: str) -> int:
-    return _positive_int(text, 0, "an integer >= 0")
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def _resolution(text: str) -> tuple[int, int]:

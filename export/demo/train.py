@@ -290,7 +290,7 @@ def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_
             with torch.no_grad():
                 pred, target, last = next_step(held_out)
             row = {"step": cfg.steps + i, "stage": "residual", "loss": loss.item(), "lr": lr,
-                   "seconds": time.perf_counter() - start, "pred": loss.item(),
+                   "seconds": time.perf_counter() - start,
                    "val_residual": float(F.smooth_l1_loss(pred, target)),
                    "val_copy": float(F.smooth_l1_loss(last, target)),
                    **health}
