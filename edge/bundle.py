@@ -19,7 +19,8 @@ from typing import Any
 
 from .errors import BundleError, BundleNotFoundError, ConfigError
 
-SCHEMA_VERSION = 1
+# 2: latent.surprise (how per-token prediction errors become the frame's surprise); schema-1 bundles mean "mean"
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 SUFFIX = ".amiedge"
 GRAPH_NAMES = ("encoder", "predictor", "ac_predictor")
@@ -170,9 +171,13 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class LatentSpec:
+    """The encoder's token grid, and `surprise`: how the per-token prediction errors of one step reduce to the
+    frame's raw surprise (see `check_surprise` and `ami_edge.runtime.step_surprise`)."""
+
     tokens: int
     dim: int
     grid: tuple[int, int, int]
+    surprise: str = "mean"
 
     @classmethod
     def parse(cls, r: _Reader) -> LatentSpec:
@@ -182,7 +187,28 @@ class LatentSpec:
         tokens = r.get("tokens", int)
         if tokens != grid[0] * grid[1] * grid[2]:
             raise BundleError(f"{r.file}: field 'latent.tokens'={tokens} != product of latent.grid {grid}")
-        return cls(tokens=tokens, dim=r.positive("dim"), grid=(grid[0], grid[1], grid[2]))
+        surprise = r.get("surprise", str, optional=True) or "mean"
+        try:
+            check_surprise(surprise, grid[1] * grid[2])
+        except ValueError as e:
+            raise BundleError(f"{r.file}: field 'latent.surprise': {e}") from None
+        return cls(tokens=tokens, dim=r.positive("dim"), grid=(grid[0], grid[1], grid[2]), surprise=surprise)
+
+
+def check_surprise(how: str, step_tokens: int) -> int | None:
+    """Validate a surprise reduction for a step of `step_tokens` tokens: `mean` (None) or `topK` (K).
+
+    `mean` averages the squared prediction error over every token of the step; `topK` over the K tokens with the
+    largest error, so an event confined to a small object is not diluted by the static background around it.
+    Raises ValueError naming the valid forms.
+    """
+    if how == "mean":
+        return None
+    k = how[3:]
+    if not (how.startswith("top") and k.isdigit() and 1 <= int(k) <= step_tokens):
+        raise ValueError(f"{how!r} is not a surprise reduction; use 'mean' or 'topK' with 1 <= K <= {step_tokens} "
+                         "(tokens per step)")
+    return int(k)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from . import __version__
 from .errors import AmiEdgeError, MissingExtraError
 
+# The surprise reduction `ami-edge train-demo` records in the bundles it makes (the shipped defaults' recipe).
+DEMO_SURPRISE = "top4"
+
 
 @dataclass(frozen=True)
 class Command:
@@ -76,6 +79,13 @@ def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
 
+def _surprise(text: str) -> str:
+    k = text[3:]
+    if text != "mean" and not (text.startswith("top") and k.isdigit() and int(k) >= 1):
+        raise argparse.ArgumentTypeError(f"expected mean or topK (K a positive integer, e.g. top4), got {text!r}")
+    return text
+
+
 def _resolution(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -108,6 +118,9 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max abs difference ONNX Runtime vs torch before export fails (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs and of preset weights")
+    p.add_argument("--surprise", type=_surprise, default="mean",
+                   help="how the runtime reduces per-token prediction errors to a frame's surprise: mean (all "
+                        "tokens of the step) or topK (the K worst predicted tokens; default mean)")
 
 
 @command("train-demo", "train the default JEPA world model on the built-in synthetic world (CPU, minutes)",
@@ -127,6 +140,9 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--eval-pairs", type=int, default=40,
                    help="VoE clip pairs per violation type for the final evaluation (0 skips it)")
+    p.add_argument("--surprise", type=_surprise, default=DEMO_SURPRISE,
+                   help=f"surprise reduction recorded in the bundles: mean or topK (default {DEMO_SURPRISE}, "
+                        "the K worst predicted tokens: events of one small object are not averaged away)")
 
 
 @command("distill", "distill a JEPA teacher (checkpoint or bundle) into a smaller student bundle, with a report",
@@ -172,6 +188,8 @@ def _configure_eval_voe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="bundle path or shipped name (default: default)")
     p.add_argument("--pairs", type=_positive_int, default=40, help="clip pairs per violation type (default 40)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--surprise", type=_surprise,
+                   help="evaluate with this surprise reduction instead of the bundle's own (mean or topK)")
 
 
 @command("firmware", "firmware-side tools: export-c DIR copies the portable C protocol files and test vectors",
@@ -380,7 +398,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{m.name} ({m.family}) at {bundle.path}")
     i = m.input
     print(f"  input   {i.layout} frames={i.frames} tubelet={i.tubelet} {i.height}x{i.width}")
-    print(f"  latent  tokens={m.latent.tokens} dim={m.latent.dim} grid={list(m.latent.grid)}")
+    print(f"  latent  tokens={m.latent.tokens} dim={m.latent.dim} grid={list(m.latent.grid)} "
+          f"surprise={m.latent.surprise}")
     for name, g in m.graphs.items():
         worst = m.parity.get("graphs", {}).get(name, {}).get("max_abs")
         parity = f"parity max_abs={worst:.2e}" if isinstance(worst, float) else "parity n/a"

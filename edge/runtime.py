@@ -7,8 +7,9 @@
 
 Per frame: resize (INTER_LINEAR) and normalise into a preallocated clip ring buffer; once the ring holds a clip, the
 encoder sees the latest `frames` frames (stride 1). The predictor then predicts the tokens of the next tubelet step
-(k = tubelet frames ahead) from them. Surprise at frame t is the mean squared error between the prediction made at
-t - k and the tokens the encoder now sees for the step ending at t, turned into a z-score against a running
+(k = tubelet frames ahead) from them. Surprise at frame t is the squared error between the prediction made at t - k
+and the tokens the encoder now sees for the step ending at t, averaged over the bundle's `latent.surprise` tokens
+(all of them, or the K worst predicted: `step_surprise`), turned into a z-score against a running
 baseline of calm frames; `event` is the z-score above a threshold. With a surprise calibration (surprise.json from
 `ami-edge calibrate surprise`) the baseline is the calibrated calm scene's instead, fixed, from the first frame.
 """
@@ -25,12 +26,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, check_surprise, load_bundle
 from .camera_model import CameraModel, Undistorter
 from .errors import ConfigError
 from .runners import Runner, make_runner
 from .sources import Frame, LatestFrame, Source, open_source
 from .surprise_calibration import SurpriseCalibration
+
+
+def step_surprise(predicted: np.ndarray, observed: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Raw surprise of one predicted step: (..., HW, D) predicted and observed tokens -> (...).
+
+    The squared error is averaged over each token's D channels, then over the step's tokens as `how` says
+    (a bundle's `latent.surprise`): `mean` over all of them, `topK` over the K largest.
+    """
+    err = ((predicted - observed) ** 2).mean(-1)
+    k = check_surprise(how, err.shape[-1])
+    if k is None:
+        return err.mean(-1)
+    return np.partition(err, err.shape[-1] - k, axis=-1)[..., -k:].mean(-1)
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,7 @@ class Runtime:
         self.frames_seen = 0
         t, h, w = m.latent.grid
         self.step_tokens = h * w
+        self.surprise_how = m.latent.surprise
         n = t * h * w
         # Which step the predictor is asked for. RoPE predictors take positions past the clip: the whole clip is
         # context and the target is the step after it. Predictors with a fixed sincos table (V-JEPA 1 style) only
@@ -282,7 +297,7 @@ class Runtime:
             predicted = self.predict(tokens)  # (HW, D): the step ending k frames from now
             made_k_ago = next((p for f, p in self._pending if f == self.frames_seen - self.k), None)
             if made_k_ago is not None:  # it predicted the step that ends with this frame
-                raw = float(np.mean((made_k_ago - tokens[-self.step_tokens:]) ** 2))
+                raw = float(step_surprise(made_k_ago, tokens[-self.step_tokens:], self.surprise_how))
                 surprise, event = self.baseline.update(raw)
             self._pending.append((self.frames_seen, predicted))
             prediction = predicted.mean(0)

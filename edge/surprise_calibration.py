@@ -11,7 +11,8 @@
 The runtime z-scores raw surprise as (raw - center) / scale, where center is the median and scale 1.4826 x the
 median absolute deviation of calm raw surprise: a few odd frames in the recording cannot move either. A baseline
 is only meaningful for the model it was measured with, so `model.id` hashes what raw surprise depends on
-(preprocessing, latent grid, encoder and predictor weights) and a calibration made for another model is refused.
+(preprocessing, latent grid and surprise reduction, encoder and predictor weights) and a calibration made for
+another model is refused.
 The file is plain JSON, validated field by field; unknown fields and non-finite numbers are errors.
 """
 
@@ -37,12 +38,15 @@ FIX = "re-run `ami-edge calibrate surprise`"
 
 
 def model_id(bundle: Bundle) -> str:
-    """sha256 of what raw surprise depends on: input preprocessing, the latent grid, and the encoder and predictor
-    graphs (their sha256 from the verified manifest). Renaming or moving a bundle keeps its id."""
+    """sha256 of what raw surprise depends on: input preprocessing, the latent grid and surprise reduction, and the
+    encoder and predictor graphs (their sha256 from the verified manifest). Renaming or moving a bundle keeps its id."""
     m = bundle.manifest
     graphs = {name: [digest for _, _, digest in m.graphs[name].files()] for name in ("encoder", "predictor")
               if name in m.graphs}
-    what = {"input": asdict(m.input), "latent": asdict(m.latent), "graphs": graphs}
+    latent = asdict(m.latent)
+    if latent["surprise"] == "mean":  # the reduction schema-1 bundles had implicitly: their ids stay what they were
+        del latent["surprise"]
+    what = {"input": asdict(m.input), "latent": latent, "graphs": graphs}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             console.log(msg)
 
         bundle = export_bundle(loaded, out, graphs=args.graphs, opset=args.opset, tolerance=args.tolerance,
-                               seed=args.seed, name=args.name, on_stage=stage)
+                               seed=args.seed, name=args.name, on_stage=stage, surprise=args.surprise)
     table = Table(title=f"parity: ONNX Runtime (CPU) vs torch, tolerance {args.tolerance:g}")
     for col in ("graph", "output", "max abs diff", "cosine"):
         table.add_column(col)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import ami_edge
-from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, load_bundle, sha256_file,
-                             staged_bundle_dir)
+from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, check_surprise, load_bundle,
+                             sha256_file, staged_bundle_dir)
 from ami_edge.errors import ConfigError, ExportError, require
 
 from .loaders.base import LoadedModel
@@ -244,7 +244,8 @@ def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None = None,
                   opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                   name: str | None = None, on_stage: Callable[[str], None] | None = None,
-                  external_data_above: int = EXTERNAL_DATA_ABOVE, training: dict[str, Any] | None = None) -> Bundle:
+                  external_data_above: int = EXTERNAL_DATA_ABOVE, training: dict[str, Any] | None = None,
+                  surprise: str = "mean") -> Bundle:
     """Export `loaded` to `out` (a NAME.amiedge directory) and verify ONNX Runtime against torch.
 
     Args:
@@ -258,6 +259,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         on_stage: called with a short description as each stage starts (progress display).
         external_data_above: weight bytes above which a graph stores its weights in an external data file.
         training: recipe, seed and metrics to record in the manifest (models trained by ami-edge).
+        surprise: the runtime's surprise reduction over a step's tokens, `mean` or `topK` (`latent.surprise`).
     Returns:
         The written, re-verified Bundle.
     Raises:
@@ -271,6 +273,11 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         raise ConfigError(f"the model has no {', '.join(missing)} graph; it has: {', '.join(available)}")
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    _, gh, gw = loaded.config.encoder.grid
+    try:
+        check_surprise(surprise, gh * gw)
+    except ValueError as e:
+        raise ConfigError(f"--surprise: {e}") from None
     out = bundle_out_path(out)
     name = name or out.name[: -len(SUFFIX)]
     stage = on_stage or (lambda _msg: None)
@@ -293,7 +300,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
                                           "opset": opset, "inputs": inputs, "outputs": outputs}
             if data is not None:
                 manifest_graphs[plan.name].update(data_file=data.name, data_sha256=sha256_file(data))
-        manifest = _manifest(loaded, name, manifest_graphs, parity, seed, opset)
+        manifest = _manifest(loaded, name, manifest_graphs, parity, seed, opset, surprise)
         if training:
             manifest["training"] = training
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -301,7 +308,8 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
     return Bundle(path=out, manifest=bundle.manifest)
 
 
-def _manifest(loaded: LoadedModel, name: str, graphs: dict, parity: dict, seed: int, opset: int) -> dict[str, Any]:
+def _manifest(loaded: LoadedModel, name: str, graphs: dict, parity: dict, seed: int, opset: int,
+              surprise: str) -> dict[str, Any]:
     cfg = loaded.config
     e = cfg.encoder
     t, h, w = e.grid
@@ -312,7 +320,7 @@ def _manifest(loaded: LoadedModel, name: str, graphs: dict, parity: dict, seed: 
         "input": {"layout": e.layout, "frames": e.num_frames, "tubelet": e.tubelet_size if e.is_video else 1,
                   "height": e.img_size[0], "width": e.img_size[1], "channels": e.in_chans,
                   "mean": list(loaded.mean), "std": list(loaded.std)},
-        "latent": {"tokens": e.num_tokens, "dim": e.embed_dim, "grid": [t, h, w]},
+        "latent": {"tokens": e.num_tokens, "dim": e.embed_dim, "grid": [t, h, w], "surprise": surprise},
         "graphs": graphs,
         "parity": {"seed": seed, "batch": PARITY_BATCH, "reference": "torch (fp32, CPU)",
                    "runtime": "onnxruntime CPUExecutionProvider", "graphs": parity},

@@ -77,11 +77,30 @@ def test_future_schema_is_refused(bundle):
     (lambda d: d["input"].update(std=[0.2, 0.0, 0.2]), "input.std"),
     (lambda d: d["latent"].update(tokens=7), "latent.tokens"),
     (lambda d: d.update(schema_version=True), "field 'schema_version' must be int"),
+    (lambda d: d["latent"].update(surprise="median"), "field 'latent.surprise': 'median' is not a surprise reduction"),
+    (lambda d: d["latent"].update(surprise="top0"), "use 'mean' or 'topK' with 1 <= K <= 16"),
+    (lambda d: d["latent"].update(surprise="top17"), "use 'mean' or 'topK' with 1 <= K <= 16"),
+    (lambda d: d["latent"].update(surprise=4), "field 'latent.surprise' must be str"),
 ])
 def test_malformed_manifest_names_the_field(bundle, edit, fragment):
     _edit(bundle, edit)
     with pytest.raises(BundleError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         load_bundle(bundle)
+
+
+def test_schema_1_bundles_still_load_with_mean_surprise(bundle):
+    """Bundles written before `latent.surprise` existed reduced surprise by the mean over tokens; they still do."""
+    assert load_bundle(bundle).manifest.latent.surprise == "mean"  # what the exporter writes by default
+
+    def as_schema_1(d):
+        d["schema_version"] = 1
+        del d["latent"]["surprise"]
+
+    _edit(bundle, as_schema_1)
+    m = load_bundle(bundle).manifest
+    assert m.schema_version == 1 and m.latent.surprise == "mean"
+    _edit(bundle, lambda d: d["latent"].update(surprise="top4"))
+    assert load_bundle(bundle).manifest.latent.surprise == "top4"
 
 
 def test_not_json_and_not_a_bundle(bundle, tmp_path):

@@ -256,6 +256,29 @@ def test_calibrate_surprise_writes_the_calm_statistics(persistence_bundle, surpr
     assert data["schema_version"] == 1 and data["source"] == CALM
 
 
+def test_model_id_covers_the_surprise_reduction(persistence_bundle, tmp_path):
+    """Existing calibrations of mean-surprise bundles stay valid (their id is unchanged); a bundle whose surprise is
+    reduced differently gets another id, so a calibration of the other reduction is refused."""
+    import hashlib
+    from dataclasses import asdict
+
+    from ami_edge import load_bundle
+    from ami_edge.surprise_calibration import model_id
+
+    m = load_bundle(persistence_bundle).manifest
+    assert m.latent.surprise == "mean"
+    latent = {"tokens": m.latent.tokens, "dim": m.latent.dim, "grid": list(m.latent.grid)}  # as schema 1 had it
+    graphs = {g: [d for _, _, d in m.graphs[g].files()] for g in ("encoder", "predictor") if g in m.graphs}
+    before = json.dumps({"input": asdict(m.input), "latent": latent, "graphs": graphs}, sort_keys=True)
+    assert model_id(load_bundle(persistence_bundle)) == hashlib.sha256(before.encode()).hexdigest()
+    other = tmp_path / "topk.amiedge"
+    shutil.copytree(persistence_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["latent"]["surprise"] = "top2"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert model_id(load_bundle(other)) != model_id(load_bundle(persistence_bundle))
+
+
 def test_calibrated_runtime_is_calm_then_flags_a_jump(persistence_bundle, surprise_json):
     from ami_edge import Runtime
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from ami_edge import load_bundle
+from ami_edge.cli import DEMO_SURPRISE
 from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc
 
-from .conftest import run_cli
+from .conftest import assert_one_line_error, run_cli
 
 
 def test_train_demo_then_eval_voe(tmp_path):
@@ -39,9 +40,16 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert {g.precision for g in int8.manifest.graphs.values()} == {"int8"} and int8.manifest.name == "default"
     assert q.reference["graphs"] == {name: g.sha256 for name, g in bundle.manifest.graphs.items()}
     assert q.report["latent_cosine_mean"] >= 0.999 and q.report["voe_pairs"] == 2
+    # the surprise reduction train-demo records travels with the bundle into the INT8 one
+    assert bundle.manifest.latent.surprise == int8.manifest.latent.surprise == DEMO_SURPRISE
     proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) == set(KINDS)
+    report = json.loads(proc.stdout)
+    assert set(report) == set(KINDS) and all(0 <= r["paired"] <= 1 for r in report.values())
+    proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--surprise", "mean")
+    assert proc.returncode == 0 and proc.stdout.startswith("surprise: mean of the per-token"), proc.stderr
+    assert_one_line_error(run_cli("eval-voe", "--model", str(bundle.path), "--surprise", "top65"),
+                          "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
 
 
 def test_training_is_reproducible_from_its_seed():

@@ -58,6 +58,29 @@ def test_stream_latents_predictions_and_surprise_match_the_graphs(video_bundle):
     assert streamed[0].surprise is None and streamed[-1].surprise is not None  # warm-up, then a z-score
 
 
+def test_top_k_surprise_is_the_mean_of_the_worst_predicted_tokens(video_bundle, tmp_path):
+    """A bundle whose `latent.surprise` is topK averages the squared error over its K worst predicted tokens only."""
+    import json
+    import shutil
+
+    bundle = tmp_path / "topk.amiedge"
+    shutil.copytree(video_bundle.path, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["latent"]["surprise"] = "top3"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    b = load_bundle(bundle)
+    frames = _frames(20)
+    with Runtime(b, source=frames) as rt:
+        s = list(rt.stream())[10]
+    f, k = b.manifest.input.frames, b.manifest.input.tubelet
+    before = _reference_tokens(b, frames[s.seq - k - f + 1:s.seq - k + 1])
+    now = _reference_tokens(b, frames[s.seq - f + 1:s.seq + 1])
+    hw = b.manifest.latent.grid[1] * b.manifest.latent.grid[2]
+    per_token = ((_reference_prediction(b, before) - now[-hw:]) ** 2).mean(1)
+    assert s.raw_surprise == pytest.approx(float(np.sort(per_token)[-3:].mean()), rel=1e-4)
+    assert s.raw_surprise > per_token.mean() * 1.01  # not the mean: the test would pass for it otherwise
+
+
 def test_encode_and_predict_apis(video_bundle):
     frames = _frames(4, size=64, seed=5)
     with Runtime(video_bundle, source=[]) as rt:

@@ -58,11 +58,11 @@ def train_demo(args: argparse.Namespace) -> int:
                          mean=tuple(float(v) for v in IMAGENET_MEAN), std=tuple(float(v) for v in IMAGENET_STD))
     with quiet_exporter(args.verbose):
         bundle = export_bundle(loaded, out / "default-fp32.amiedge", name="default-fp32", seed=args.seed,
-                               on_stage=console.log, training=result.metrics)
+                               on_stage=console.log, training=result.metrics, surprise=args.surprise)
     if args.eval_pairs > 0:
         console.log(f"VoE evaluation on held-out seeds ({args.eval_pairs} pairs per type)")
         report = evaluate(bundle_scorer(bundle), pairs=args.eval_pairs)
-        _print_voe(report)
+        _print_voe(report, bundle.manifest.latent.surprise)
         # the manifest is plain JSON (graphs carry their own sha256): record the evaluation next to the recipe
         manifest_path = bundle.path / MANIFEST
         manifest = json.loads(manifest_path.read_text())
@@ -95,21 +95,30 @@ def quantize_default(fp32: Path, out: Path, voe_pairs: int, log: Callable[[str],
 
 def eval_voe(args: argparse.Namespace) -> int:
     from ami_edge import load_bundle
+    from ami_edge.bundle import check_surprise
+    from ami_edge.errors import ConfigError
 
     from .voe import bundle_scorer, evaluate
 
     bundle = load_bundle(args.model)
-    report = evaluate(bundle_scorer(bundle), pairs=args.pairs)
+    if args.surprise is not None:
+        try:
+            check_surprise(args.surprise, bundle.manifest.latent.grid[1] * bundle.manifest.latent.grid[2])
+        except ValueError as e:
+            raise ConfigError(f"--surprise: {e}") from None
+    report = evaluate(bundle_scorer(bundle, how=args.surprise), pairs=args.pairs)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        _print_voe(report)
+        _print_voe(report, args.surprise or bundle.manifest.latent.surprise)
     return 0
 
 
-def _print_voe(report: dict) -> None:
-    print(f"{'violation':<14} {'ROC-AUC':>8} {'pairs':>6} {'peak (violating)':>17} {'peak (normal)':>14}")
+def _print_voe(report: dict, surprise: str) -> None:
+    print(f"surprise: {surprise} of the per-token prediction errors; ROC-AUC over all clips, paired: violating "
+          "above its own normal clip")
+    print(f"{'violation':<14} {'ROC-AUC':>8} {'paired':>7} {'pairs':>6} {'peak (violating)':>17} {'peak (normal)':>14}")
     for kind, row in report.items():
-        print(f"{kind:<14} {row['auc']:>8.3f} {row['pairs']:>6} {row['mean_peak_violating']:>17.4f} "
-              f"{row['mean_peak_normal']:>14.4f}")
+        print(f"{kind:<14} {row['auc']:>8.3f} {row['paired']:>7.3f} {row['pairs']:>6} "
+              f"{row['mean_peak_violating']:>17.4f} {row['mean_peak_normal']:>14.4f}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ami_edge.runtime import step_surprise
 from ami_edge.world import World, WorldConfig
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through", "splice")
@@ -100,26 +101,20 @@ def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def evaluate(score: Callable[[np.ndarray], np.ndarray], kinds: tuple[str, ...] = KINDS, pairs: int = 30,
              **kw) -> dict[str, dict[str, float]]:
-    """AUC of per-clip peak surprise, violating vs normal, per kind. `score(frames)` -> surprise per frame (NaN
-    where it has no prediction yet)."""
+    """Per kind: `auc`, the ROC-AUC of per-clip peak surprise over all violating vs all normal clips (the issue's
+    measure: each clip judged on its own), and `paired`, the fraction of pairs whose violating clip peaks above
+    its own normal clip (ties count half), the relative measure the V-JEPA intuitive-physics paper reports on
+    IntPhys. `score(frames)` -> surprise per frame (NaN where it has no prediction yet)."""
     report = {}
     for kind in kinds:
         items = make_pairs(kind, pairs, **kw)
-        peak_v = [np.nanmax(score(p.violating)) for p in items]
-        peak_n = [np.nanmax(score(p.normal)) for p in items]
-        report[kind] = {"auc": roc_auc(np.array(peak_v), np.array(peak_n)), "pairs": len(items),
-                        "mean_peak_violating": float(np.mean(peak_v)), "mean_peak_normal": float(np.mean(peak_n))}
+        peak_v = np.array([np.nanmax(score(p.violating)) for p in items])
+        peak_n = np.array([np.nanmax(score(p.normal)) for p in items])
+        report[kind] = {"auc": roc_auc(peak_v, peak_n), "paired": float((peak_v > peak_n).mean()
+                                                                          + 0.5 * (peak_v == peak_n).mean()),
+                        "pairs": len(items), "mean_peak_violating": float(peak_v.mean()),
+                        "mean_peak_normal": float(peak_n.mean())}
     return report
-
-
-def reduce_tokens(err: np.ndarray, how: str) -> np.ndarray:
-    """(n, tokens) per-token errors -> (n,) surprise: `mean`, `max`, or `topK` (mean of the K largest)."""
-    if how == "mean":
-        return err.mean(1)
-    if how == "max":
-        return err.max(1)
-    k = int(how[3:])
-    return np.sort(err, axis=1)[:, -k:].mean(1)
 
 
 def surprise_windows(x, frames: int, batch: int, stack: Callable, lag: int = 2):
@@ -139,8 +134,9 @@ def surprise_windows(x, frames: int, batch: int, stack: Callable, lag: int = 2):
 def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[..., np.ndarray],
                   grid: tuple[int, int, int], frames: int, extrapolates: bool, mean, std, batch: int = 32,
                   how: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
-    """Surprise per frame as the runtime computes it: mean squared error between the tokens predicted for the step
-    ending at frame t (from the clip ending one tubelet earlier) and the tokens the encoder sees for that step.
+    """Surprise per frame as the runtime computes it (`step_surprise`): squared error between the tokens predicted
+    for the step ending at frame t (from the clip ending one tubelet earlier) and the tokens the encoder sees for
+    that step, averaged over the step's tokens as `how` says (`mean`, or `topK`: the K largest).
 
     `encode((k, C, F, H, W) float32) -> (k, N, D)`, `predict(context, context_ids, target_ids) -> (k, HW, D)`.
     RoPE predictors (`extrapolates`) take the whole clip and the step after it; sincos-table ones the clip's last
@@ -164,14 +160,15 @@ def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[
             z_tgt = encode(np.ascontiguousarray(tgt))
             k = len(chunk)
             p = predict(np.ascontiguousarray(z_ctx[:, skip:]), np.tile(ctx_ids, (k, 1)), np.tile(tgt_ids, (k, 1)))
-            out[chunk] = reduce_tokens(((p - z_tgt[:, -hw:]) ** 2).mean(2), how)
+            out[chunk] = step_surprise(p, z_tgt[:, -hw:], how)
         return out
 
     return score
 
 
-def bundle_scorer(bundle, how: str = "mean", batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
-    """The same surprise from an exported bundle through ONNX Runtime (numpy only, as on a device)."""
+def bundle_scorer(bundle, how: str | None = None, batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+    """The same surprise from an exported bundle through ONNX Runtime (numpy only, as on a device); `how` overrides
+    the bundle's own reduction (`latent.surprise`)."""
     import onnxruntime as ort
 
     m = bundle.manifest
@@ -189,4 +186,4 @@ def bundle_scorer(bundle, how: str = "mean", batch: int = 32) -> Callable[[np.nd
 
     extrapolates = m.model.get("encoder", {}).get("pos_embed") == "rope"
     return latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, extrapolates, m.input.mean,
-                         m.input.std, batch, how)
+                         m.input.std, batch, how or m.latent.surprise)
