@@ -132,9 +132,11 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="training steps (default 1000, the shipped default bundle's recipe)")
     p.add_argument("--horizon", type=_positive_int, default=3,
                    help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
-    p.add_argument("--residual-steps", type=_non_negative_int, default=1500,
+    p.add_argument("--residual-steps", type=_non_negative_int, default=3500,
                    help="second stage: steps fine-tuning the predictor as a next-step residual predictor on the "
-                        "frozen encoder (default 1500; 0 skips it)")
+                        "frozen encoder (default 3500; 0 skips it)")
+    p.add_argument("--residual-examples", type=_positive_int, default=24000,
+                   help="second stage: next-step clips the frozen encoder encodes once for it (default 24000)")
     p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the weights and the data order")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")

@@ -16,8 +16,8 @@ from .conftest import assert_one_line_error, run_cli
 
 def test_train_demo_then_eval_voe(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("train-demo", "--steps", "4", "--residual-steps", "3", "--batch", "4", "--out", str(out),
-                   "--eval-pairs", "2")
+    proc = run_cli("train-demo", "--steps", "4", "--residual-steps", "3", "--residual-examples", "20", "--batch", "4",
+                   "--out", str(out), "--eval-pairs", "2")
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
     for name in ("demo.safetensors", "training.png", "history.json"):
@@ -55,11 +55,34 @@ def test_train_demo_then_eval_voe(tmp_path):
 def test_training_is_reproducible_from_its_seed():
     from ami_edge.export.demo.train import TrainConfig, train
 
-    cfg = TrainConfig(steps=2, batch=4, pool=8, log_every=1, threads=1, residual_steps=2)
+    cfg = TrainConfig(steps=2, batch=4, pool=8, log_every=1, threads=1, residual_steps=2, residual_examples=16)
     a, b = train(cfg), train(cfg)
     for k, v in a.model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), b.model.state_dict()[k].numpy())
     assert a.history == [{**r, "seconds": a.history[i]["seconds"]} for i, r in enumerate(b.history)]
+
+
+def test_next_step_examples_are_the_encoders_tokens_of_consecutive_clips():
+    """The residual stage's cached examples: each clip of a window is the context of the step ending its successor."""
+    import torch
+
+    from ami_edge.export.demo.data import WorldPool
+    from ami_edge.export.demo.train import TrainConfig, clip, demo_model_config, frozen_steps, next_steps
+    from ami_edge.export.models import JEPAModel
+
+    torch.manual_seed(0)
+    model = JEPAModel(demo_model_config()).eval()
+    frames = WorldPool(4, 3, 64, 10).sample(3).frames  # 3 windows of 10 frames: clips at 0, 2, 4, 6
+    context, target = next_steps(model, frames, 4)
+    assert context.shape == (9, 128, 96) and target.shape == (9, 64, 96)
+    with torch.no_grad():
+        for i, start in enumerate((0, 2, 4)):  # examples are grouped by offset, windows in order within a group
+            np.testing.assert_allclose(context[3 * i:3 * i + 3], model.encoder(clip(frames, start, 4)), atol=1e-5)
+            np.testing.assert_allclose(target[3 * i:3 * i + 3], model.encoder(clip(frames, start + 2, 4))[:, -64:],
+                                       atol=1e-5)
+    cfg = TrainConfig(batch=2, pool=4, frames=4, horizon=3)
+    context, target = frozen_steps(model, WorldPool(4, 3, 64, 10), 7, cfg)  # 6 per sample: two samples, trimmed
+    assert context.shape == (7, 128, 96) and target.shape == (7, 64, 96)
 
 
 @pytest.mark.parametrize("kind", KINDS)

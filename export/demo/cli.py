@@ -34,11 +34,12 @@ def train_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
-                      horizon=args.horizon, residual_steps=args.residual_steps)
+                      horizon=args.horizon, residual_steps=args.residual_steps,
+                      residual_examples=args.residual_examples)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("train", total=cfg.steps, info="")
+        task = bar.add_task("train", total=cfg.steps + cfg.residual_steps, info="")
 
         def progress(step: int, total: int, row: dict) -> None:
             if "val_residual" in row:  # second stage: the residual predictor against copying the last step
