@@ -80,9 +80,13 @@ def _non_negative_int(text: str) -> int:
 
 
 def _surprise(text: str) -> str:
-    k = text[3:]
-    if text != "mean" and not (text.startswith("top") and k.isdigit() and int(k) >= 1):
-        raise argparse.ArgumentTypeError(f"expected mean or topK (K a positive integer, e.g. top4), got {text!r}")
+    from .bundle import check_surprise
+
+    try:
+        check_surprise(text, sys.maxsize)  # K's upper bound depends on the model and is checked with it
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected mean or topK (K a positive integer, e.g. top4), got {text!r}") \
+            from None
     return text
 
 
