@@ -186,6 +186,9 @@ def _configure_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when available")
     p.add_argument("--voe-pairs", type=int, default=40,
                    help="VoE clip pairs per violation type for teacher and student (default 40; 0 skips)")
+    p.add_argument("--surprise", type=_surprise,
+                   help="surprise reduction for the VoE of both and the student bundle: mean or topK (default: "
+                        "the teacher bundle's own; mean for a checkpoint)")
 
 
 @command("eval-voe", "violation-of-expectation evaluation of a bundle's surprise (ROC-AUC per violation type)",

@@ -82,6 +82,9 @@ def test_distill_quantize_compare_end_to_end(tmp_path):
     assert student.manifest.latent.dim == 32 and set(student.manifest.graphs) == {"encoder", "predictor",
                                                                                   "ac_predictor"}
     assert student.manifest.training["distillation"]["flops_ratio"] == report["flops_ratio"]
+    # the student keeps the teacher bundle's surprise reduction, and both VoEs were scored with it
+    teacher_surprise = load_bundle("default-fp32").manifest.latent.surprise
+    assert teacher_surprise != "mean" and student.manifest.latent.surprise == teacher_surprise == report["surprise"]
     # the student runs in the runtime like any bundle, surprise included
     from ami_edge import Runtime
 
@@ -180,12 +183,14 @@ def test_torch_teachers_sincos_and_image(tmp_path, teacher):
     else:
         assert "predictor" in student.manifest.graphs and "voe_student" in report
         assert report["teacher"]["kind"] == "torch (preset)"
+        assert student.manifest.latent.surprise == "mean"  # a checkpoint records no reduction
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--source", "bogus://nothing"], "bogus"),
     (["--frames", "8"], "at most the teacher's 4 frames"),
     (["preset:nope"], "unknown preset"),
+    (["--surprise", "top100000"], "--surprise: 'top100000' is not a surprise reduction"),  # before training
 ])
 def test_bad_input_is_one_line(tmp_path, argv, fragment):
     teacher = [] if argv[0].startswith("preset:") else ["preset:tiny"]

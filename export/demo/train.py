@@ -267,14 +267,21 @@ def next_steps(model: JEPAModel, frames: torch.Tensor, f: int) -> tuple[torch.Te
 
 
 def frozen_steps(model: JEPAModel, pool: WorldPool, count: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` next-step examples of the frozen encoder from the pool's worlds (see `next_steps`)."""
-    contexts, targets, filled = [], [], 0
+    """`count` next-step examples of the frozen encoder from the pool's worlds (see `next_steps`), written into
+    tensors allocated once (24000 examples are 1.8 GB; concatenating a list of chunks would need twice that)."""
+    contexts = targets = None
+    filled = 0
     while filled < count:
         context, target = next_steps(model, pool.sample(cfg.batch).frames, cfg.frames)
-        contexts.append(context)
-        targets.append(target)
-        filled += len(context)
-    return torch.cat(contexts)[:count], torch.cat(targets)[:count]
+        if contexts is None or targets is None:
+            contexts = context.new_empty((count, *context.shape[1:]))
+            targets = target.new_empty((count, *target.shape[1:]))
+        k = min(len(context), count - filled)
+        contexts[filled:filled + k] = context[:k]
+        targets[filled:filled + k] = target[:k]
+        filled += k
+    assert contexts is not None and targets is not None  # count > 0 (TrainConfig checks it)
+    return contexts, targets
 
 
 def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_out: Batch, result: TrainResult,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ami_edge.bundle import load_bundle
+from ami_edge.bundle import check_surprise, load_bundle
 from ami_edge.errors import ConfigError
 
 from ..loaders.base import LoadedModel
@@ -20,8 +20,9 @@ from .models import StudentSpec, Teacher, count, load_teacher, student_config, t
 from .trainer import CHECKPOINT, DistillConfig, Distiller, init_distributed
 
 
-def teacher_scorer(teacher: Teacher) -> Callable[[np.ndarray], np.ndarray]:
-    """Per-frame surprise from the teacher, computed as the runtime computes it (see `latent_scorer`)."""
+def teacher_scorer(teacher: Teacher, how: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-frame surprise from the teacher, computed as the runtime computes it (see `latent_scorer`), reduced over
+    a step's tokens as `how` says (default: the teacher's own `surprise`)."""
     from ..demo.voe import latent_scorer
 
     enc = teacher.config.encoder
@@ -33,7 +34,7 @@ def teacher_scorer(teacher: Teacher) -> Callable[[np.ndarray], np.ndarray]:
         return teacher.predict(torch.from_numpy(c), torch.from_numpy(ci), torch.from_numpy(ti)).cpu().numpy()
 
     return latent_scorer(encode, predict, enc.grid, enc.num_frames, enc.pos_embed == "rope", teacher.mean,
-                         teacher.std)
+                         teacher.std, how=how or teacher.surprise)
 
 
 def voe(score: Callable[[np.ndarray], np.ndarray], pairs: int, size: int) -> dict[str, Any]:
@@ -99,6 +100,11 @@ def run(args: Any) -> int:
     s_cfg = student_config(teacher.config, StudentSpec(args.width, args.depth, args.heads, args.pred_width,
                                                        args.pred_depth, args.pred_heads, args.resolution,
                                                        args.frames, args.patch))
+    surprise = args.surprise or teacher.surprise
+    try:  # refuse a reduction the student's steps cannot take before training, not after
+        check_surprise(surprise, s_cfg.encoder.grid[1] * s_cfg.encoder.grid[2])
+    except ValueError as e:
+        raise ConfigError(f"--surprise: {e}") from None
     distiller = Distiller(teacher, s_cfg, cfg, sources, dist, device)
     for note in distiller.notes:
         console.log(note)
@@ -126,7 +132,7 @@ def run(args: Any) -> int:
         distiller.train(out, progress)
     digests = distiller.rank_digests()
     if dist.main:
-        finish(args, teacher, distiller, t_count, s_count, bundle_path, console, Table, digests)
+        finish(args, teacher, distiller, t_count, s_count, bundle_path, console, Table, digests, surprise)
     if dist.world > 1:
         import torch.distributed as tdist
 
@@ -136,8 +142,9 @@ def run(args: Any) -> int:
 
 
 def finish(args: Any, teacher: Teacher, distiller: Distiller, t_count: dict, s_count: dict, bundle_path: Path,
-           console: Any, table_cls: Any, digests: dict[str, list[float]]) -> None:
-    """Rank 0: student checkpoint, plot, bundle, report (params, FLOPs, cosine, VoE of both)."""
+           console: Any, table_cls: Any, digests: dict[str, list[float]], surprise: str) -> None:
+    """Rank 0: student checkpoint, plot, bundle, report (params, FLOPs, cosine, VoE of both). Teacher and student
+    surprise are both reduced as `surprise` says, and the student bundle records it."""
     from ami_edge.bundle import MANIFEST as MANIFEST_NAME
 
     from ..cli import quiet_exporter
@@ -155,7 +162,7 @@ def finish(args: Any, teacher: Teacher, distiller: Distiller, t_count: dict, s_c
         "latent_cosine": round(last["latent_cosine"], 4),
         "prediction_cosine": round(last["prediction_cosine"], 4) if "prediction_cosine" in last else None,
         "teacher_token_std": distiller.scale, "world_size": distiller.dist.world, "steps": distiller.step,
-        "rank_digests": digests, "notes": distiller.notes,
+        "rank_digests": digests, "notes": distiller.notes, "surprise": surprise,
         "data": args.source or ["demo"], "recipe": asdict(distiller.cfg),
     }
     (out / "history.json").write_text(json.dumps(distiller.history, indent=1) + "\n")
@@ -165,12 +172,12 @@ def finish(args: Any, teacher: Teacher, distiller: Distiller, t_count: dict, s_c
                          mean=tuple(teacher.mean), std=tuple(teacher.std))
     with quiet_exporter(args.verbose):
         bundle = export_bundle(loaded, bundle_path, name=args.name, seed=args.seed, on_stage=console.log,
-                               training={"distillation": report})
+                               training={"distillation": report}, surprise=surprise)
     if args.voe_pairs > 0 and student.predictor is not None:
         from ..demo.voe import bundle_scorer
 
         console.log(f"VoE on the demo world ({args.voe_pairs} pairs per violation type), teacher and student")
-        report["voe_teacher"] = voe(teacher_scorer(teacher), args.voe_pairs, teacher.config.encoder.img_size[0])
+        report["voe_teacher"] = voe(teacher_scorer(teacher, surprise), args.voe_pairs, teacher.config.encoder.img_size[0])
         report["voe_student"] = voe(bundle_scorer(bundle), args.voe_pairs, student.cfg.encoder.img_size[0])
         report["voe_retained"] = round(report["voe_student"]["mean_auc"] / report["voe_teacher"]["mean_auc"], 4)
         manifest_path = bundle.path / MANIFEST_NAME  # plain JSON; the graphs carry their own sha256

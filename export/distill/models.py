@@ -99,6 +99,7 @@ class Teacher:
     source: str
     source_sha256: str
     kind: str
+    surprise: str = "mean"  # the runtime's surprise reduction (`latent.surprise`); a checkpoint records none
 
     def encode(self, x: torch.Tensor) -> torch.Tensor: ...
     def predict(self, ctx: torch.Tensor, ctx_ids: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor: ...
@@ -138,6 +139,7 @@ class BundleTeacher(Teacher):
         self.mean, self.std = tuple(m.input.mean), tuple(m.input.std)
         self.source, self.kind = str(bundle.path), "bundle (ONNX Runtime)"
         self.source_sha256 = bundle.manifest.graphs["encoder"].sha256
+        self.surprise = m.latent.surprise
         self.device = device
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
