@@ -211,6 +211,14 @@ def check_surprise(how: str, step_tokens: int) -> int | None:
     return int(k)
 
 
+def check_surprise_option(how: str, grid: tuple[int, ...] | list[int]) -> None:
+    """`check_surprise` for a command's `--surprise` against a model's (T, H, W) token grid: ConfigError naming it."""
+    try:
+        check_surprise(how, grid[1] * grid[2])
+    except ValueError as e:
+        raise ConfigError(f"--surprise: {e}") from None
+
+
 @dataclass(frozen=True)
 class Quantization:
     """How a reduced-precision bundle was made from its FP32 reference, and how far it strays from it.

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import ami_edge
-from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, check_surprise, load_bundle,
+from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, check_surprise_option, load_bundle,
                              sha256_file, staged_bundle_dir)
 from ami_edge.errors import ConfigError, ExportError, require
 
@@ -273,11 +273,7 @@ def export_bundle(loaded: LoadedModel, out: str | Path, graphs: list[str] | None
         raise ConfigError(f"the model has no {', '.join(missing)} graph; it has: {', '.join(available)}")
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
-    _, gh, gw = loaded.config.encoder.grid
-    try:
-        check_surprise(surprise, gh * gw)
-    except ValueError as e:
-        raise ConfigError(f"--surprise: {e}") from None
+    check_surprise_option(surprise, loaded.config.encoder.grid)
     out = bundle_out_path(out)
     name = name or out.name[: -len(SUFFIX)]
     stage = on_stage or (lambda _msg: None)

@@ -193,6 +193,13 @@ def test_default_main_job_exports_builtin_tiny(tmp_path):
         assert report["passed"] and report["max_abs"] <= 1e-4
 
 
+def test_surprise_beyond_the_models_tokens_is_refused_before_writing(tmp_path):
+    out = tmp_path / "x.amiedge"
+    proc = run_cli("export", "preset:tiny", "--out", str(out), "--surprise", "top100000")
+    assert_one_line_error(proc, "--surprise: 'top100000' is not a surprise reduction", "1 <= K <=")
+    assert not out.exists()
+
+
 def test_out_never_replaces_what_is_not_a_bundle(tmp_path, hf_ijepa):
     path, _ = hf_ijepa
     notes = tmp_path / "victim.amiedge"

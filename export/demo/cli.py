@@ -96,17 +96,13 @@ def quantize_default(fp32: Path, out: Path, voe_pairs: int, log: Callable[[str],
 
 def eval_voe(args: argparse.Namespace) -> int:
     from ami_edge import load_bundle
-    from ami_edge.bundle import check_surprise
-    from ami_edge.errors import ConfigError
+    from ami_edge.bundle import check_surprise_option
 
     from .voe import bundle_scorer, evaluate
 
     bundle = load_bundle(args.model)
     if args.surprise is not None:
-        try:
-            check_surprise(args.surprise, bundle.manifest.latent.grid[1] * bundle.manifest.latent.grid[2])
-        except ValueError as e:
-            raise ConfigError(f"--surprise: {e}") from None
+        check_surprise_option(args.surprise, bundle.manifest.latent.grid)
     report = evaluate(bundle_scorer(bundle, how=args.surprise), pairs=args.pairs)
     if args.json:
         json.dump(report, sys.stdout, indent=2)

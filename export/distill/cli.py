@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ami_edge.bundle import check_surprise, load_bundle
+from ami_edge.bundle import check_surprise_option, load_bundle
 from ami_edge.errors import ConfigError
 
 from ..loaders.base import LoadedModel
@@ -101,10 +101,7 @@ def run(args: Any) -> int:
                                                        args.pred_depth, args.pred_heads, args.resolution,
                                                        args.frames, args.patch))
     surprise = args.surprise or teacher.surprise
-    try:  # refuse a reduction the student's steps cannot take before training, not after
-        check_surprise(surprise, s_cfg.encoder.grid[1] * s_cfg.encoder.grid[2])
-    except ValueError as e:
-        raise ConfigError(f"--surprise: {e}") from None
+    check_surprise_option(surprise, s_cfg.encoder.grid)  # before training, not after it
     distiller = Distiller(teacher, s_cfg, cfg, sources, dist, device)
     for note in distiller.notes:
         console.log(note)
