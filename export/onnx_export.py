@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import ami_edge
-from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, check_surprise_option, load_bundle,
-                             sha256_file, staged_bundle_dir)
+from ami_edge.bundle import (MANIFEST, SCHEMA_VERSION, SUFFIX, Bundle, bundle_out_path, check_surprise_option,
+                             load_bundle, sha256_file, staged_bundle_dir)
 from ami_edge.errors import ConfigError, ExportError, require
 
 from .loaders.base import LoadedModel

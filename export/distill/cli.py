@@ -174,7 +174,8 @@ def finish(args: Any, teacher: Teacher, distiller: Distiller, t_count: dict, s_c
         from ..demo.voe import bundle_scorer
 
         console.log(f"VoE on the demo world ({args.voe_pairs} pairs per violation type), teacher and student")
-        report["voe_teacher"] = voe(teacher_scorer(teacher, surprise), args.voe_pairs, teacher.config.encoder.img_size[0])
+        report["voe_teacher"] = voe(teacher_scorer(teacher, surprise), args.voe_pairs,
+                                    teacher.config.encoder.img_size[0])
         report["voe_student"] = voe(bundle_scorer(bundle), args.voe_pairs, student.cfg.encoder.img_size[0])
         report["voe_retained"] = round(report["voe_student"]["mean_auc"] / report["voe_teacher"]["mean_auc"], 4)
         manifest_path = bundle.path / MANIFEST_NAME  # plain JSON; the graphs carry their own sha256
