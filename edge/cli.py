@@ -136,9 +136,12 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="training steps (default 1000, the shipped default bundle's recipe)")
     p.add_argument("--horizon", type=_positive_int, default=3,
                    help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
-    p.add_argument("--residual-steps", type=_non_negative_int, default=3500,
-                   help="second stage: steps fine-tuning the predictor as a next-step residual predictor on the "
-                        "frozen encoder (default 3500; 0 skips it)")
+    p.add_argument("--residual-steps", type=_non_negative_int, default=10000,
+                   help="second stage: steps training a next-step residual predictor on the frozen encoder "
+                        "(default 10000; 0 skips it)")
+    p.add_argument("--residual-arch", choices=["conv", "vit"], default="conv",
+                   help="second stage's predictor: conv, a fresh convolutional predictor over the token grid "
+                        "(default), or vit, the first stage's predictor fine-tuned (the previous recipe)")
     p.add_argument("--residual-examples", type=_positive_int, default=24000,
                    help="second stage: next-step clips the frozen encoder encodes once for it (default 24000)")
     p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")

@@ -27,6 +27,7 @@ from ami_edge.errors import ConfigError, ExportError, require
 
 from .loaders.base import LoadedModel
 from .models import JEPAModel
+from .models.conv_predictor import context_steps
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
@@ -80,6 +81,8 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
         if name == "encoder":
             plans.append(GraphPlan("encoder", model.encoder, {"pixels": pixels}, ["tokens"],
                                    {"pixels": {0: "batch"}}))
+        elif name == "predictor" and model.cfg.predictor.arch == "conv":
+            plans.append(_conv_plan(model, tokens, batch))
         elif name == "predictor":
             ctx, tgt = context_target_split(model)
             plans.append(GraphPlan(
@@ -95,6 +98,17 @@ def plan_graphs(model: JEPAModel, names: list[str], batch: int, seed: int) -> li
         else:
             raise ConfigError(f"unknown graph {name!r}; valid: encoder, predictor, ac_predictor")
     return plans
+
+
+def _conv_plan(model: JEPAModel, tokens: torch.Tensor, batch: int) -> GraphPlan:
+    """A conv predictor answers the runtime's query only: its context steps in, the next step out (fixed shapes)."""
+    t, h, w = model.cfg.encoder.grid
+    n = context_steps(model.cfg.encoder) * h * w
+    ids = torch.arange(n + h * w).expand(batch, -1)
+    return GraphPlan("predictor", model.predictor,
+                     {"context": tokens[:, t * h * w - n:].contiguous(), "context_ids": ids[:, :n].contiguous(),
+                      "target_ids": ids[:, n:].contiguous()},
+                     ["prediction"], {"context": {0: "batch"}, "context_ids": {0: "batch"}, "target_ids": {0: "batch"}})
 
 
 def _ac_plan(model: JEPAModel, tokens: torch.Tensor, batch: int, gen: torch.Generator) -> GraphPlan:

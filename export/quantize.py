@@ -6,7 +6,8 @@
 INT8, per graph (encoder, predictor, ac_predictor): `quant_pre_process` (shape inference and graph optimisation),
 then `quantize_static` in QDQ format - QuantizeLinear / DequantizeLinear pairs around float ops, the explicit
 quantization TensorRT consumes - restricted by `nodes_to_quantize` to the MatMul / Gemm nodes whose weight is an
-initializer. Conv (the patch embedding) stays float: with its output not re-quantized ONNX Runtime has no integer
+initializer, and in predictor graphs also Conv (the convolutional predictor's weights, `ConvPredictor`). The
+encoder's Conv (the patch embedding) stays float: with its output not re-quantized ONNX Runtime has no integer
 kernel for it and ran it as a float Conv behind runtime Q / DQ of pixels and weights (measured ~5 % slower than the
 float Conv, and less accurate). Tensors that a float node also reads bypass their Q / DQ pair for that node
 (`float_consumers_bypass_qdq`). Quantizing every op (Softmax included, which ONNX Runtime then fuses into
@@ -53,8 +54,9 @@ from ami_edge.errors import ConfigError, ExportError
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
-# Ops quantized when their weight is a constant. Not Conv: see the module doc.
+# Ops quantized when their weight is a constant; Conv only outside the encoder (see the module doc).
 WEIGHT_OPS = ("MatMul", "Gemm")
+PREDICTOR_WEIGHT_OPS = WEIGHT_OPS + ("Conv",)
 DEFAULT_EVAL_SOURCE = "synthetic://bouncing?seed=424242"
 
 
@@ -74,13 +76,14 @@ class _OrtReader(CalibrationDataReader):
         return len(self.reader)
 
 
-def weight_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul / Gemm nodes whose second input (the weight) is a constant: the GEMMs that do the
-    work. Everything else (Softmax, LayerNorm, activation x activation MatMuls in attention, Conv) stays float."""
+def weight_nodes(model: onnx.ModelProto, ops: tuple[str, ...] = WEIGHT_OPS) -> list[str]:
+    """Names of the `ops` nodes (MatMul / Gemm, and Conv in predictors) whose second input (the weight) is a
+    constant: the ops that do the work. Everything else (Softmax, LayerNorm, activation x activation MatMuls in
+    attention, the encoder's Conv) stays float."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in model.graph.node
-            if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in constants]
+            if n.op_type in ops and len(n.input) > 1 and n.input[1] in constants]
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
@@ -103,8 +106,8 @@ def op_counts(path: Path) -> dict[str, int]:
 
 
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: str, per_channel: bool,
-                  activation: str, work: Path) -> dict[str, Any]:
-    """One graph to QDQ INT8; returns what was quantized."""
+                  activation: str, work: Path, ops: tuple[str, ...] = WEIGHT_OPS) -> dict[str, Any]:
+    """One graph to QDQ INT8, the `ops` nodes with constant weights; returns what was quantized."""
     src, work = src.resolve(), work.resolve()
     pre = work / f"{src.stem}.pre.onnx"
     symbolic = True
@@ -119,9 +122,9 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
     model = onnx.load(str(pre))
     _name_nodes(model)
     onnx.save(model, str(pre))
-    nodes = weight_nodes(model)
+    nodes = weight_nodes(model, ops)
     if not nodes:
-        raise ExportError(f"{src.name}: no MatMul / Gemm with a constant weight to quantize")
+        raise ExportError(f"{src.name}: no {' / '.join(ops)} with a constant weight to quantize")
     symmetric = activation == "int8"
     try:
         quantize_static(str(pre), str(dst), _OrtReader(FeedReader(feeds)), quant_format=QuantFormat.QDQ,
@@ -129,7 +132,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], meth
                         weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=METHODS[method],
                         calibration_providers=["CPUExecutionProvider"],
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                                       "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
+                                       "OpTypesToExcludeOutputQuantization": list(ops)})
     except Exception as exc:  # ORT raises many types; name the graph
         raise ExportError(f"quantize_static failed on {src.name}: {str(exc).strip().splitlines()[0]}") from exc
     quantized = onnx.load(str(dst))
@@ -324,7 +327,8 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
                 log(f"{graph}: {'QDQ int8 (' + method + ')' if precision == 'int8' else 'fp16'}")
                 if precision == "int8":
                     info = quantize_int8(reference.graph_path(graph), dst, feeds[graph], method, per_channel,
-                                         activation, Path(work))
+                                         activation, Path(work),
+                                         WEIGHT_OPS if graph == "encoder" else PREDICTOR_WEIGHT_OPS)
                 else:
                     info = convert_fp16(reference.graph_path(graph), dst)
                 info["ops"] = {k: v for k, v in op_counts(dst).items()
@@ -344,7 +348,8 @@ def quantize_bundle(src: str | Path, out: str | Path, precision: str = "int8", c
             "settings": {**settings, "activation_type": activation if precision == "int8" else "float16",
                          "weight_type": "int8" if precision == "int8" else "float16",
                          "symmetric_activations": precision == "int8" and activation == "int8",
-                         "nodes": "MatMul/Gemm with constant weights" if precision == "int8" else "all",
+                         "nodes": ("MatMul/Gemm with constant weights (and Conv outside the encoder)"
+                                   if precision == "int8" else "all"),
                          "gate": {"min_cosine": min_cosine, "max_auc_drop": max_auc_drop},
                          "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                                       "ami_edge": ami_edge.__version__},

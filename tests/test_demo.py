@@ -28,7 +28,8 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert t["recipe"]["seed"] == 0 and t["steps"] == 4 and 0 < t["token_rank_frac"] <= 1
     assert set(t["voe"]) == set(KINDS) and all(0 <= r["auc"] <= 1 for r in t["voe"].values())
     assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
-    # second stage: the predictor became a residual next-step predictor, logged against copying the last step
+    # second stage: a convolutional residual next-step predictor, logged against copying the last step
+    assert bundle.manifest.model["predictor"]["arch"] == "conv" and t["recipe"]["residual_arch"] == "conv"
     assert bundle.manifest.model["predictor"]["residual"] is True and t["residual_steps"] == 3
     assert t["val_residual"] > 0 and t["val_copy_last"] > 0
     history = json.loads((out / "history.json").read_text())
@@ -60,6 +61,20 @@ def test_training_is_reproducible_from_its_seed():
     for k, v in a.model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), b.model.state_dict()[k].numpy())
     assert a.history == [{**r, "seconds": a.history[i]["seconds"]} for i, r in enumerate(b.history)]
+
+
+def test_second_stage_predictor_choice():
+    from ami_edge.errors import ConfigError
+    from ami_edge.export.demo.train import TrainConfig, train
+    from ami_edge.export.models import ConvPredictor, Predictor
+
+    small = dict(steps=2, batch=4, pool=8, log_every=1, threads=1, residual_steps=2, residual_examples=16)
+    conv = train(TrainConfig(**small)).model
+    assert isinstance(conv.predictor, ConvPredictor) and conv.cfg.predictor.arch == "conv"
+    vit = train(TrainConfig(**small, residual_arch="vit")).model  # the previous recipe: stage 1's ViT fine-tuned
+    assert isinstance(vit.predictor, Predictor) and vit.cfg.predictor.residual and vit.cfg.predictor.arch == "vit"
+    with pytest.raises(ConfigError, match="residual_arch must be conv or vit"):
+        TrainConfig(residual_arch="mlp")
 
 
 def test_next_step_examples_are_the_encoders_tokens_of_consecutive_clips():

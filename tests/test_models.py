@@ -193,6 +193,84 @@ def test_residual_predictor_adds_its_change_to_the_last_step(tmp_path):
         np.testing.assert_allclose(got, model.predictor(ctx, ctx_ids, tgt_ids).numpy(), atol=1e-4)
 
 
+def _conv_model(seed: int = 3):
+    import dataclasses
+
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.models import make_predictor
+
+    loaded = load_preset("tiny", seed=seed)
+    model = loaded.model
+    model.cfg = dataclasses.replace(model.cfg, predictor=PredictorConfig(arch="conv", residual=True, embed_dim=16,
+                                                                         depth=2))
+    model.predictor = randomize(make_predictor(model.cfg.predictor, model.cfg.encoder), seed=seed + 1, std=0.1)
+    return loaded
+
+
+def test_conv_predictor_is_a_local_residual_predictor_on_the_grid():
+    from ami_edge.export.models import ConvPredictor, make_predictor
+
+    cfg = preset_config("tiny")
+    conv = PredictorConfig(arch="conv", residual=True, embed_dim=16, depth=2)
+    fresh = make_predictor(conv, cfg.encoder).eval()
+    assert isinstance(fresh, ConvPredictor)
+    t, h, w = cfg.encoder.grid
+    n, hw = t * h * w, h * w
+    ctx = torch.randn(2, n, cfg.encoder.embed_dim, generator=torch.Generator().manual_seed(1))
+    ctx_ids, tgt_ids = torch.arange(n).expand(2, -1), torch.arange(n, n + hw).expand(2, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ctx, ctx_ids, tgt_ids), ctx[:, -hw:])  # a fresh one copies the last step
+        pred = randomize(make_predictor(conv, cfg.encoder), seed=2, std=0.1)
+        out = pred(ctx, ctx_ids, tgt_ids)
+        assert out.shape == (2, hw, cfg.encoder.embed_dim) and (out - ctx[:, -hw:]).abs().max() > 1e-2
+        # grid-aware: the same tokens shifted one column predict differently (the coordinates and the zero padding
+        # tell it where the walls are), and a token's change depends on its neighbours
+        shifted = ctx.view(2, t, h, w, -1).roll(1, dims=3).reshape(2, n, -1)
+        assert not torch.allclose(pred(shifted, ctx_ids, tgt_ids).view(2, h, w, -1).roll(-1, dims=2).view(2, hw, -1),
+                                  out, atol=1e-3)
+        moved = ctx.clone()
+        moved[:, -hw + w + 1] += 1.0  # one token of the last step, at grid (1, 1)
+        delta = (pred(moved, ctx_ids, tgt_ids) - out).abs().amax(-1).view(2, h, w)
+        assert (delta[:, :3, :3] > 1e-3).all()
+    for bad, fragment in (((ctx[:, hw:], ctx_ids[:, hw:], tgt_ids), "got 16 context tokens and 16 targets"),
+                          ((ctx, ctx_ids, tgt_ids[:, 1:]), "got 32 context tokens and 15 targets"),
+                          ((ctx, ctx_ids.flip(1), tgt_ids), "consecutive")):
+        with pytest.raises(ValueError, match=fragment):
+            pred(*bad)
+    with pytest.raises(ConfigError, match="needs residual=true"):
+        PredictorConfig(arch="conv", embed_dim=16, depth=2)
+    with pytest.raises(ConfigError, match="choose one of: vit, conv"):
+        PredictorConfig(arch="mlp")
+    assert PredictorConfig(arch="conv", residual=True, embed_dim=10, depth=1, num_heads=3)  # heads do not apply
+
+
+def test_conv_predictor_exports_and_streams(tmp_path):
+    """Exported, ONNX Runtime gives the same numbers on the runtime's query, and the runtime streams with it."""
+    import onnxruntime as ort
+
+    from ami_edge import Runtime, load_bundle
+    from ami_edge.export.onnx_export import export_bundle
+
+    loaded = _conv_model()
+    model = loaded.model
+    bundle = load_bundle(export_bundle(loaded, tmp_path / "conv").path)
+    assert bundle.manifest.model["predictor"]["arch"] == "conv"
+    t, h, w = model.cfg.encoder.grid
+    n, hw = t * h * w, h * w
+    ctx = torch.randn(3, n, model.cfg.encoder.embed_dim, generator=torch.Generator().manual_seed(5))
+    ids = torch.arange(n + hw).expand(3, -1)
+    sess = ort.InferenceSession(str(bundle.graph_path("predictor")), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"context": ctx.numpy(), "context_ids": ids[:, :n].numpy(),
+                          "target_ids": ids[:, n:].numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model.predictor(ctx, ids[:, :n], ids[:, n:]).numpy(), atol=1e-4)
+    with Runtime(bundle.path, source="synthetic://bouncing?seed=2&size=32") as rt:
+        states = list(rt.stream(max_frames=12))
+    scored = [s for s in states if s.raw_surprise is not None]
+    assert len(scored) >= 6 and all(np.isfinite(s.raw_surprise) and s.raw_surprise > 0 for s in scored)
+    assert all(s.prediction.shape == (model.cfg.encoder.embed_dim,) for s in scored)
+
+
 SMALL_PRESETS = sorted(n for n in PRESETS if not n.startswith("vjepa2-"))
 
 

@@ -35,7 +35,7 @@ def train_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
                       horizon=args.horizon, residual_steps=args.residual_steps,
-                      residual_examples=args.residual_examples)
+                      residual_examples=args.residual_examples, residual_arch=args.residual_arch)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

@@ -10,12 +10,13 @@ Recipe:
   collapse, computed after centring each token position across the batch. Measured here: with targets from the
   same encoder (with gradient) the encoder makes its targets easy and the token rank falls to 8 %; without the
   centring, encoding *where* a token is (background gradient) satisfies the regulariser predictably.
-- then, with the encoder frozen, the predictor is fine-tuned as a next-step *residual* predictor (last step's tokens
-  plus a predicted change; its output layer starts at zero, i.e. at copy-last) against the final encoder's own
-  tokens, as the runtime compares them. The frozen encoder's tokens for its clips are computed once, so the stage
-  is mostly predictor steps. Measured: as trained in the first stage the predictor is no better than copying the
-  last step (most tokens are static background it re-synthesises imprecisely); after this stage its held-out error
-  is well under half of copy-last's, and how long it trains is what moved the VoE most. Trained residual from the
+- then, with the encoder frozen, a next-step *residual* predictor (last step's tokens plus a predicted change; its
+  output layer starts at zero, i.e. at copy-last) is trained against the final encoder's own tokens, as the runtime
+  compares them: by default a fresh convolutional predictor over the token grid (`ConvPredictor`), which replaces
+  the stage-1 ViT predictor. The frozen encoder's tokens for its clips are computed once, so the stage is mostly
+  predictor steps. Measured: as trained in the first stage the ViT predictor is no better than copying the last
+  step (most tokens are static background it re-synthesises imprecisely); after this stage the held-out error is
+  about a third of copy-last's, and the predictor's quality is what moved the VoE most. Trained residual from the
   start, copying is free and the encoder collapses towards static tokens (rank 0.43 -> 0.15 in 175 steps), hence
   the two stages.
 Collapse is watched, not assumed: per-dimension token std and effective rank are logged and stored.
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from ami_edge.errors import ConfigError
 
-from ..models import JEPAModel
+from ..models import JEPAModel, make_predictor
 from ..models.config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
 from .data import Batch, WorldPool
 from .sigreg import effective_rank, sigreg
@@ -81,8 +82,16 @@ class TrainConfig:
     # Second stage: steps of residual next-step fine-tuning of the predictor on the frozen encoder (0: none).
     residual_steps: int = 0
     residual_lr: float = 1e-3
-    residual_batch: int = 32
+    residual_batch: int = 64
     residual_examples: int = 256  # next-step examples encoded once by the frozen encoder for the second stage
+    # The second stage's predictor: "conv", a fresh ConvPredictor (3x3 convolutions over the token grid,
+    # `residual_width` channels, `residual_depth` blocks) replacing the stage-1 ViT predictor; or "vit", the stage-1
+    # predictor itself fine-tuned as a residual predictor (the previous recipe). Measured on one frozen encoder and
+    # one cache of 24000 examples: conv 10000 steps of 64 in 270 s, held-out loss 0.031, VoE mean 0.81 (top-4); vit
+    # 3500 steps of 32 in 385 s, 0.041, 0.76.
+    residual_arch: str = "conv"
+    residual_width: int = 64
+    residual_depth: int = 3
     image_size: int = 64
     frames: int = 4
     pool: int = 192  # running worlds
@@ -91,7 +100,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "image_size", "frames", "pool", "threads", "log_every", "horizon",
-                     "residual_batch", "residual_examples"):
+                     "residual_batch", "residual_examples", "residual_width", "residual_depth"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train-demo: {name} must be > 0, got {getattr(self, name)}")
         if self.frames % 2 or self.frames < 4:
@@ -100,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"train-demo: residual_steps must be >= 0, got {self.residual_steps}")
         if self.batch > self.pool:
             raise ConfigError(f"train-demo: batch={self.batch} cannot exceed pool={self.pool}")
+        if self.residual_arch not in ("conv", "vit"):
+            raise ConfigError(f"train-demo: residual_arch must be conv or vit, got {self.residual_arch!r}")
         if self.target not in ("shared", "ema") or self.regularizer not in ("sigreg", "vicreg"):
             raise ConfigError("train-demo: target must be shared|ema and regularizer sigreg|vicreg")
 
@@ -284,17 +295,23 @@ def frozen_steps(model: JEPAModel, pool: WorldPool, count: int, cfg: TrainConfig
 
 def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_out: Batch, result: TrainResult,
                       progress: Any, start: float) -> None:
-    """Second stage: the predictor becomes a residual next-step predictor, trained on the frozen encoder's tokens.
+    """Second stage: a residual next-step predictor (`cfg.residual_arch`), trained on the frozen encoder's tokens.
 
     The encoder is frozen, so its tokens for `residual_examples` clips are computed once and the predictor trains on
     them for `residual_steps` steps of `residual_batch`: the predictor alone is a small fraction of a training
     step's cost, and measured on the same clock, more predictor steps on cached tokens beat fewer on fresh clips.
     """
-    model.cfg = replace(model.cfg, predictor=replace(model.cfg.predictor, residual=True))
-    model.predictor.cfg = model.cfg.predictor
-    with torch.no_grad():  # start at "copy the last step"
-        model.predictor.predictor_proj.weight.zero_()
-        model.predictor.predictor_proj.bias.zero_()
+    if cfg.residual_arch == "conv":  # a fresh predictor; its head starts at zero, i.e. at "copy the last step"
+        conv = PredictorConfig(arch="conv", residual=True, embed_dim=cfg.residual_width, depth=cfg.residual_depth)
+        model.cfg = replace(model.cfg, predictor=conv)
+        torch.manual_seed(cfg.seed + 2)
+        model.predictor = make_predictor(model.cfg.predictor, model.cfg.encoder)
+    else:
+        model.cfg = replace(model.cfg, predictor=replace(model.cfg.predictor, residual=True))
+        model.predictor.cfg = model.cfg.predictor
+        with torch.no_grad():  # start at "copy the last step"
+            model.predictor.predictor_proj.weight.zero_()
+            model.predictor.predictor_proj.bias.zero_()
     model.encoder.requires_grad_(False)
     params = list(model.predictor.parameters())
     opt = adamw(params, cfg.residual_lr, cfg.weight_decay)

@@ -6,8 +6,13 @@ from torch import nn
 
 from .ac_predictor import ACPredictor
 from .config import ACPredictorConfig, EncoderConfig, JEPAConfig, PredictorConfig
+from .conv_predictor import ConvPredictor
 from .predictor import Predictor
 from .vit import VisionTransformer
+
+
+def make_predictor(cfg: PredictorConfig, enc: EncoderConfig) -> Predictor | ConvPredictor:
+    return ConvPredictor(cfg, enc) if cfg.arch == "conv" else Predictor(cfg, enc)
 
 
 class JEPAModel(nn.Module):
@@ -17,7 +22,7 @@ class JEPAModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = VisionTransformer(cfg.encoder)
-        self.predictor = Predictor(cfg.predictor, cfg.encoder) if cfg.predictor else None
+        self.predictor = make_predictor(cfg.predictor, cfg.encoder) if cfg.predictor else None
         self.ac_predictor = ACPredictor(cfg.ac_predictor, cfg.encoder) if cfg.ac_predictor else None
 
     def graphs(self) -> list[str]:
@@ -25,5 +30,5 @@ class JEPAModel(nn.Module):
         return ["encoder"] + [n for n in ("predictor", "ac_predictor") if getattr(self, n) is not None]
 
 
-__all__ = ["ACPredictor", "ACPredictorConfig", "EncoderConfig", "JEPAConfig", "JEPAModel", "Predictor",
-           "PredictorConfig", "VisionTransformer"]
+__all__ = ["ACPredictor", "ACPredictorConfig", "ConvPredictor", "EncoderConfig", "JEPAConfig", "JEPAModel",
+           "Predictor", "PredictorConfig", "VisionTransformer", "make_predictor"]

@@ -17,6 +17,7 @@ FAMILIES = ("vjepa2", "vjepa", "ijepa", "native")
 POS_EMBEDS = ("sincos", "rope")
 LAYOUTS = ("BCTHW", "BTCHW", "BCHW")
 ROPE_LAYOUTS = ("tiled", "interleaved")
+PREDICTOR_ARCHS = ("vit", "conv")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -101,7 +102,9 @@ class EncoderConfig:
 
 @dataclass
 class PredictorConfig:
-    """The masked latent predictor: context tokens plus mask tokens at target positions."""
+    """The latent predictor. `vit` (every official JEPA): context tokens plus mask tokens at target positions.
+    `conv` (the ami-edge demo model, `ConvPredictor`): a residual next-step predictor of 3x3 convolutions over the
+    token grid, `embed_dim` channels and `depth` blocks; the attention fields do not apply to it."""
 
     embed_dim: int = 384
     depth: int = 12
@@ -115,8 +118,16 @@ class PredictorConfig:
     # with the step before it, and the output is that last context step plus the predicted change. Copying what
     # stays still is then free and the capacity goes to what moves. Official predictors predict absolute latents.
     residual: bool = False
+    arch: str = "vit"
 
     def __post_init__(self) -> None:
+        _check_choice("predictor.arch", self.arch, PREDICTOR_ARCHS)
+        if self.arch == "conv":
+            _check_positive("predictor", embed_dim=self.embed_dim, depth=self.depth)
+            if not self.residual:
+                raise ConfigError("predictor.arch='conv' predicts the change from the last step: it needs "
+                                  "residual=true")
+            return
         _check_transformer("predictor", "--pred-num-heads", self.embed_dim, self.depth, self.num_heads,
                            self.mlp_ratio)
         if self.num_mask_tokens < 0:
