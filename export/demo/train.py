@@ -79,7 +79,7 @@ class TrainConfig:
     # frames) and surprise compares the H-step prediction. One step ahead (2 frames, ~1-3 px of motion at 64 px)
     # is cheap to fake by copying the last frame; further ahead, copying costs and the dynamics must be learned.
     horizon: int = 1
-    # Second stage: steps of residual next-step fine-tuning of the predictor on the frozen encoder (0: none).
+    # Second stage: steps training a residual next-step predictor on the frozen encoder (0: none).
     residual_steps: int = 0
     residual_lr: float = 1e-3
     residual_batch: int = 64
