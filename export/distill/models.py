@@ -16,6 +16,7 @@ from ..loaders import load_checkpoint
 from ..loaders.base import LoadedModel
 from ..models import JEPAModel
 from ..models.config import JEPAConfig
+from ..models.conv_predictor import context_steps
 
 
 # ----------------------------------------------------------------------------------------------------- student
@@ -74,10 +75,9 @@ def prediction_ids(cfg: JEPAConfig) -> dict[str, torch.Tensor]:
     """The runtime's next-step query: RoPE predictors take the clip and the step after it; sincos-table ones the
     clip's last T-1 steps and the last position of their table."""
     t, h, w = cfg.encoder.grid
-    hw, n = h * w, t * h * w
-    skip = 0 if cfg.encoder.pos_embed == "rope" else hw
-    return {"skip": torch.tensor(skip), "ctx": torch.arange(n - skip)[None],
-            "tgt": torch.arange(n - skip, n - skip + hw)[None]}
+    hw = h * w
+    m = context_steps(cfg.encoder) * hw
+    return {"skip": torch.tensor(t * hw - m), "ctx": torch.arange(m)[None], "tgt": torch.arange(m, m + hw)[None]}
 
 
 # ----------------------------------------------------------------------------------------------------- teachers
