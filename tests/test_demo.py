@@ -9,7 +9,8 @@ import pytest
 
 from ami_edge import load_bundle
 from ami_edge.cli import DEMO_SURPRISE
-from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc
+from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc, scene
+from ami_edge.world import World
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -75,6 +76,22 @@ def test_second_stage_predictor_choice():
     assert isinstance(vit.predictor, Predictor) and vit.cfg.predictor.residual and vit.cfg.predictor.arch == "vit"
     with pytest.raises(ConfigError, match="residual_arch must be conv or vit"):
         TrainConfig(residual_arch="mlp")
+    with pytest.raises(ConfigError, match=r"residual_objects=\(5, 3\) must be \(min, max\)"):
+        TrainConfig(residual_objects=(5, 3))
+    with pytest.raises(ConfigError, match="residual_topk_weight must be >= 0"):
+        TrainConfig(residual_topk_weight=-1.0)
+
+
+def test_world_pool_scenes():
+    from ami_edge.export.demo.data import WorldPool
+
+    first = WorldPool(8, 0, 32, 4)  # the first stage's: 2-6 bodies, every other world a pusher scene
+    assert [w.cfg.pusher for w in first.worlds] == [False, True] * 4
+    assert all(2 <= w.cfg.objects <= 6 for w in first.worlds)
+    second = WorldPool(40, 1, 32, 4, objects=(4, 10), pusher=False)  # the second stage's: bouncing scenes only
+    assert not any(w.cfg.pusher for w in second.worlds) and not second.sample(8).pusher.any()
+    counts = {w.cfg.objects for w in second.worlds}
+    assert counts <= set(range(4, 11)) and len(counts) > 3
 
 
 def test_next_step_examples_are_the_encoders_tokens_of_consecutive_clips():
@@ -106,6 +123,23 @@ def test_violation_pairs_differ_only_from_the_violation_on(kind):
     assert pair.normal.shape == pair.violating.shape == (30, 48, 48, 3)
     np.testing.assert_array_equal(pair.normal[:pair.frame], pair.violating[:pair.frame])
     assert np.abs(pair.normal[pair.frame + 2:].astype(int) - pair.violating[pair.frame + 2:]).sum() > 0
+    if kind == "splice":
+        assert pair.body is None
+        return
+    # `body` names the body that breaks physics: re-simulating the scene with it reproduces the clip exactly
+    # (benchmarks/voe_oracle.py relies on this). (For pass-through either body of the collision gives the same clip.)
+    def replay(body):
+        world, frames = World(scene(pair.seed)), []
+        for k in range(len(pair.normal)):
+            if k == pair.frame:
+                world.violate(kind, body)
+            frames.append(world.render(48))
+            world.step()
+        return np.stack(frames)
+    np.testing.assert_array_equal(replay(pair.body), pair.violating)
+    if kind != "pass_through":
+        others = [i for i in range(len(World(scene(pair.seed)).bodies)) if i != pair.body]
+        assert not all(np.array_equal(replay(i), pair.violating) for i in others)
 
 
 def test_roc_auc():

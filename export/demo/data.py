@@ -34,11 +34,14 @@ class Batch:
 
 
 class WorldPool:
-    """`size` running worlds; half of them pusher scenes driven by the seeded exploration policy."""
+    """`size` running worlds of `objects` (min, max) balls and boxes; with `pusher`, half of them pusher scenes driven
+    by the seeded exploration policy."""
 
-    def __init__(self, size: int, seed: int, image_size: int, window: int, reseed_every: int = 40):
+    def __init__(self, size: int, seed: int, image_size: int, window: int, reseed_every: int = 40,
+                 objects: tuple[int, int] = (2, 6), pusher: bool = True):
         self.rng = np.random.default_rng(seed)
         self.image_size, self.window, self.reseed_every = image_size, window, reseed_every
+        self.objects = objects
         self.worlds: list[World] = []
         self.policies: list[RandomPolicy | None] = []
         self.uses: list[int] = []
@@ -47,12 +50,13 @@ class WorldPool:
             self.worlds.append(None)  # type: ignore[arg-type]
             self.policies.append(None)
             self.uses.append(0)
-            self._reset(i, pusher=i % 2 == 1)
+            self._reset(i, pusher=pusher and i % 2 == 1)
 
     def _reset(self, i: int, pusher: bool) -> None:
         self.next_seed += 1
         seed = self.next_seed
-        cfg = WorldConfig(seed=seed, objects=int(self.rng.integers(2, 7)), pusher=pusher,
+        lo, hi = self.objects
+        cfg = WorldConfig(seed=seed, objects=int(self.rng.integers(lo, hi + 1)), pusher=pusher,
                           pan=bool(self.rng.random() < 0.2), occluder=bool(self.rng.random() < 0.7))
         self.worlds[i] = World(cfg)
         self.policies[i] = RandomPolicy(seed) if pusher else None

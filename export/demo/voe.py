@@ -26,9 +26,11 @@ class Pair:
     normal: np.ndarray  # (L, H, W, 3) uint8
     violating: np.ndarray  # (L, H, W, 3) uint8
     frame: int  # first frame that shows the violation
+    body: int | None = None  # index of the body that violates physics (None for a splice)
 
 
-def _scene(seed: int) -> WorldConfig:
+def scene(seed: int) -> WorldConfig:
+    """The world of a VoE seed: 2-5 objects, an occluder in 70 % of scenes (no pan, no pusher)."""
     rng = np.random.default_rng(seed)
     return WorldConfig(seed=seed, objects=int(rng.integers(2, 6)), occluder=bool(rng.random() < 0.7))
 
@@ -46,7 +48,7 @@ def _render(world: World, steps: int, size: int, hook: Callable[[World, int], No
 def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: int = 14) -> Pair | None:
     """A normal/violating clip pair, or None when this seed offers no valid moment (e.g. no collision)."""
     rng = np.random.default_rng(seed + 1)
-    cfg = _scene(seed)
+    cfg = scene(seed)
     probe = World(cfg)
     history = []  # per frame: which bodies are in view and moving in mid-air
     for _ in range(length):
@@ -69,7 +71,7 @@ def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: 
         body = int(rng.choice(ok)) if ok else 0
     normal = _render(World(cfg), length, size)
     if kind == "splice":
-        other = World(_scene(seed + 50_000))
+        other = World(scene(seed + 50_000))
         for _ in range(int(rng.integers(0, 60))):
             other.step()
         tail = _render(other, length - frame, size)
@@ -79,7 +81,7 @@ def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: 
         if k == frame:
             world.violate(kind, body)
 
-    return Pair(kind, seed, normal, _render(World(cfg), length, size, hook), frame)
+    return Pair(kind, seed, normal, _render(World(cfg), length, size, hook), frame, body)
 
 
 def make_pairs(kind: str, count: int, first_seed: int = 1_000_000, **kw) -> list[Pair]:
