@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
                       "token_rank_frac": last["token_rank_frac"], "token_std_min": last["token_std_min"],
                       "token_std_mean": last["token_std_mean"], "recipe": asdict(cfg)}
     if cfg.residual_steps:
-        finetune_residual(model, cfg, pool, held_out, result, progress, start)
+        finetune_residual(model, cfg, held_out, result, progress, start)
     return result
 
 
@@ -310,8 +310,8 @@ def frozen_steps(model: JEPAModel, pool: WorldPool, count: int, cfg: TrainConfig
     return contexts, targets
 
 
-def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_out: Batch, result: TrainResult,
-                      progress: Any, start: float) -> None:
+def finetune_residual(model: JEPAModel, cfg: TrainConfig, held_out: Batch, result: TrainResult, progress: Any,
+                      start: float) -> None:
     """Second stage: a residual next-step predictor (`cfg.residual_arch`), trained on the frozen encoder's tokens.
 
     The encoder is frozen, so its tokens for `residual_examples` clips are computed once and the predictor trains on
@@ -334,7 +334,8 @@ def finetune_residual(model: JEPAModel, cfg: TrainConfig, pool: WorldPool, held_
     opt = adamw(params, cfg.residual_lr, cfg.weight_decay)
     hw = model.cfg.encoder.grid[1] * model.cfg.encoder.grid[2]
     ctx_ids, tgt_ids = step_ids(model)
-    scenes = WorldPool(cfg.pool, cfg.seed + 1, cfg.image_size, pool.window, objects=cfg.residual_objects, pusher=False)
+    window = cfg.frames + 2 * cfg.horizon  # as in the first stage: `horizon` next-step examples per window
+    scenes = WorldPool(cfg.pool, cfg.seed + 1, cfg.image_size, window, objects=cfg.residual_objects, pusher=False)
     context, target = frozen_steps(model, scenes, cfg.residual_examples, cfg)
     val_context, val_target = next_steps(model, held_out.frames, cfg.frames)
     val_copy = float(F.smooth_l1_loss(val_context[:, -hw:], val_target))  # copying the last step, for comparison
