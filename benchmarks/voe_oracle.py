@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from ami_edge.export.demo.voe import make_pairs, roc_auc, scene
+from ami_edge.runtime import step_surprise
 from ami_edge.world import World
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through")
-PATCH, TOP = 8, 4
+PATCH, SURPRISE = 8, "top4"  # the default model's token size and surprise reduction
 
 
 def snapshots(pair, violate: bool) -> tuple[list[World], np.ndarray]:
@@ -51,6 +52,13 @@ def snapshots(pair, violate: bool) -> tuple[list[World], np.ndarray]:
     return states, frames.astype(np.float32)
 
 
+def patches(step: np.ndarray) -> np.ndarray:
+    """(2, H, W, 3) frames -> (H/8 * W/8, 2*8*8*3): each 8x8 patch of both frames as one token's values."""
+    f, h, w, c = step.shape
+    g = h // PATCH
+    return step.reshape(f, g, PATCH, g, PATCH, c).transpose(1, 3, 0, 2, 4, 5).reshape(g * g, -1)
+
+
 def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px: float, vel_px: float,
                   rng: np.random.Generator) -> float:
     size = frames.shape[1]
@@ -66,10 +74,8 @@ def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px:
         before = world.render(size).astype(np.float32)
         world.step()
         last = world.render(size).astype(np.float32)
-        err = (before - frames[t - 1]) ** 2 + (last - frames[t]) ** 2  # (H, W, 3): the last tubelet step
-        g = size // PATCH
-        per_patch = err.reshape(g, PATCH, g, PATCH, 3).mean((1, 3, 4)).ravel()
-        peaks.append(np.sort(per_patch)[-TOP:].mean())
+        # the last tubelet step as tokens: one 8x8 patch of both frames per token, then the runtime's reduction
+        peaks.append(float(step_surprise(patches(np.stack([before, last])), patches(frames[t - 1:t + 1]), SURPRISE)))
     return float(max(peaks))
 
 
