@@ -151,7 +151,8 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="VoE clip pairs per violation type for the final evaluation (0 skips it)")
     p.add_argument("--surprise", type=_surprise, default=DEMO_SURPRISE,
                    help=f"surprise reduction recorded in the bundles: mean or topK (default {DEMO_SURPRISE}, "
-                        "the K worst predicted tokens: events of one small object are not averaged away)")
+                        "the K worst predicted tokens: events of one small object are not averaged away); with "
+                        "topK the second stage's loss adds each example's K worst tokens, with mean it does not")
 
 
 @command("distill", "distill a JEPA teacher (checkpoint or bundle) into a smaller student bundle, with a report",

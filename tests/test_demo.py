@@ -27,6 +27,7 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert bundle.manifest.name == "default-fp32"
     t = bundle.manifest.training
     assert t["recipe"]["seed"] == 0 and t["steps"] == 4 and 0 < t["token_rank_frac"] <= 1
+    assert (t["recipe"]["residual_topk"], t["recipe"]["residual_topk_weight"]) == (int(DEMO_SURPRISE[3:]), 1.0)
     assert set(t["voe"]) == set(KINDS) and all(0 <= r["auc"] <= 1 for r in t["voe"].values())
     assert set(bundle.manifest.graphs) == {"encoder", "predictor", "ac_predictor"}
     # second stage: a convolutional residual next-step predictor, logged against copying the last step
@@ -52,6 +53,18 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("surprise: mean of the per-token"), proc.stderr
     assert_one_line_error(run_cli("eval-voe", "--model", str(bundle.path), "--surprise", "top65"),
                           "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
+
+
+def test_train_demo_checks_surprise_before_training(tmp_path):
+    from ami_edge.export.demo.train import residual_loss_for
+
+    out = tmp_path / "never"
+    assert_one_line_error(run_cli("train-demo", "--surprise", "top65", "--out", str(out)),
+                          "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
+    assert not out.exists()  # failed before training or writing anything
+    # the second stage's extra loss term reads the tokens the recorded reduction reads
+    assert residual_loss_for("top8", 64) == {"residual_topk": 8, "residual_topk_weight": 1.0}
+    assert residual_loss_for("mean", 64) == {"residual_topk_weight": 0.0}
 
 
 def test_training_is_reproducible_from_its_seed():

@@ -27,15 +27,18 @@ def train_demo(args: argparse.Namespace) -> int:
     from ..loaders.native import save_native
     from ..onnx_export import export_bundle
     from .data import IMAGENET_MEAN, IMAGENET_STD
-    from .train import TrainConfig, plot_history, save_history, train
+    from .train import TrainConfig, demo_model_config, plot_history, residual_loss_for, save_history, train
     from .voe import bundle_scorer, evaluate
 
     console = Console(stderr=True, log_path=False)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    grid = demo_model_config().encoder.grid
+    # checked before training: the second stage's loss targets the tokens this reduction reads
+    residual_loss = residual_loss_for(args.surprise, grid[1] * grid[2])
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
                       horizon=args.horizon, residual_steps=args.residual_steps,
-                      residual_examples=args.residual_examples, residual_arch=args.residual_arch)
+                      residual_examples=args.residual_examples, residual_arch=args.residual_arch, **residual_loss)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ami_edge.bundle import check_surprise, check_surprise_option
 from ami_edge.errors import ConfigError
 
 from ..models import JEPAModel, make_predictor
@@ -100,6 +101,7 @@ class TrainConfig:
     # not learn; 4-10 bodies have three times the collisions. Measured on one frozen encoder (lab runs, 40 VoE
     # pairs, top-4): VoE mean 0.799 with the first stage's clips and the plain loss, 0.807-0.822 with either change
     # alone, 0.846 with both (freeze 0.59 -> 0.68, pass-through 0.57 -> 0.64).
+    # `train-demo` sets the top-K term from its `--surprise` (`residual_loss_for`): top4 by default.
     residual_objects: tuple[int, int] = (4, 10)
     residual_topk: int = 4
     residual_topk_weight: float = 1.0
@@ -130,6 +132,16 @@ class TrainConfig:
             raise ConfigError(f"train-demo: residual_arch must be conv or vit, got {self.residual_arch!r}")
         if self.target not in ("shared", "ema") or self.regularizer not in ("sigreg", "vicreg"):
             raise ConfigError("train-demo: target must be shared|ema and regularizer sigreg|vicreg")
+
+
+def residual_loss_for(surprise: str, step_tokens: int) -> dict[str, Any]:
+    """The second stage's extra loss term for a surprise reduction (`TrainConfig` fields): `topK` reads the K worst
+    predicted tokens of a step, so the term averages each example's K worst; `mean` reads every token, which the
+    plain per-token loss already weighs, so there is no extra term. Raises ConfigError for a reduction the demo
+    model's `step_tokens` tokens per step cannot take (before any training)."""
+    check_surprise_option(surprise, (1, 1, step_tokens))
+    k = check_surprise(surprise, step_tokens)
+    return {"residual_topk": k, "residual_topk_weight": 1.0} if k else {"residual_topk_weight": 0.0}
 
 
 @dataclass
