@@ -29,6 +29,7 @@ from ami_edge.bundle import Bundle
 from ami_edge.calibration.reader import Preprocess
 from ami_edge.compare import read_frames
 from ami_edge.export.quantize import format_report, quantize_bundle
+from ami_edge.runtime import predictor_extrapolates, predictor_query
 
 
 def sessions(bundle: Bundle, threads: int | None) -> dict[str, ort.InferenceSession]:
@@ -76,10 +77,9 @@ def main() -> int:
     pixels = Preprocess(fp32).clip(np.stack(clip))
     runs = {name: sessions(b, args.threads) for name, b in variants.items()}
     tokens = runs["fp32"]["encoder"].run(None, {"pixels": pixels})[0]
-    t, h, w = m.latent.grid
-    n = t * h * w
-    pred_feed = {"context": tokens, "context_ids": np.arange(n, dtype=np.int64)[None],
-                 "target_ids": np.arange(n, n + h * w, dtype=np.int64)[None]}
+    skip, ctx_ids, tgt_ids = predictor_query(m.latent.grid, predictor_extrapolates(m))  # the runtime's query
+    pred_feed = {"context": np.ascontiguousarray(tokens[:, skip:]), "context_ids": ctx_ids[None],
+                 "target_ids": tgt_ids[None]}
 
     cpu: dict[str, list[float]] = {name: [] for name in runs}
 

@@ -106,12 +106,13 @@ class GraphFeeds:
     def build(cls, bundle: Bundle, windows: np.ndarray, max_clips: int | None = None, seed: int = 0,
               backend: str = "onnxruntime:cpu") -> GraphFeeds:
         """Encoder feeds from `windows` (K, W, H, W', 3) uint8, then predictor / AC-predictor feeds from the FP32
-        encoder's tokens, in the form the runtime feeds them (the whole clip as context, the next step as target).
+        encoder's tokens, in the form the runtime feeds them (`ami_edge.runtime.predictor_query`).
 
         The AC predictor gets seeded standard-normal actions and states (the export parity inputs): calibration
         files hold frames, not a robot's commands.
         """
         from ..runners import make_runner
+        from ..runtime import predictor_extrapolates, predictor_query
 
         m = bundle.manifest
         pre = Preprocess(bundle)
@@ -128,10 +129,10 @@ class GraphFeeds:
                 tokens = [runner.infer(f)["tokens"] for f in encoder]  # each (1, N, D)
             t, h, w = m.latent.grid
             n, hw = t * h * w, h * w
-            if "predictor" in wants_tokens:
-                ctx_ids = np.arange(n, dtype=np.int64)[None]
-                tgt_ids = np.arange(n, n + hw, dtype=np.int64)[None]
-                feeds["predictor"] = [{"context": z, "context_ids": ctx_ids, "target_ids": tgt_ids} for z in tokens]
+            if "predictor" in wants_tokens:  # the runtime's query: sincos-table predictors see the last T-1 steps
+                skip, ctx_ids, tgt_ids = predictor_query((t, h, w), predictor_extrapolates(m))
+                feeds["predictor"] = [{"context": np.ascontiguousarray(z[:, skip:]), "context_ids": ctx_ids[None],
+                                       "target_ids": tgt_ids[None]} for z in tokens]
             if "ac_predictor" in wants_tokens:
                 rng = np.random.default_rng(seed)
                 specs = {s.name: s for s in m.graphs["ac_predictor"].inputs}

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bundle import Bundle, check_surprise, load_bundle
+from .bundle import Bundle, Manifest, check_surprise, load_bundle
 from .camera_model import CameraModel, Undistorter
 from .errors import ConfigError
 from .runners import Runner, make_runner
@@ -45,6 +45,28 @@ def step_surprise(predicted: np.ndarray, observed: np.ndarray, how: str = "mean"
     if k is None:
         return err.mean(-1)
     return np.partition(err, err.shape[-1] - k, axis=-1)[..., -k:].mean(-1)
+
+
+def predictor_query(grid: tuple[int, int, int], extrapolates: bool) -> tuple[int, np.ndarray, np.ndarray]:
+    """Which step the predictor is asked for, given one clip's tokens on a (T, H', W') grid.
+
+    RoPE predictors (`extrapolates`) take positions past the clip: the whole clip is the context and the target is
+    the step after it. Predictors with a fixed sincos table (V-JEPA 1 style) only know positions inside one clip:
+    the clip's last T-1 steps are shifted down one step and the target is the last position, which is again "the
+    step after the recent past", within the table.
+
+    Returns:
+        (tokens dropped from the front of the clip's tokens, context ids (N - dropped,), target ids (H'W',)), int64.
+    """
+    t, h, w = grid
+    hw = h * w
+    first = t * hw - (0 if extrapolates else hw)
+    return t * hw - first, np.arange(first, dtype=np.int64), np.arange(first, first + hw, dtype=np.int64)
+
+
+def predictor_extrapolates(manifest: Manifest) -> bool:
+    """The bundle's predictor takes positions past the clip (RoPE encoders; see `predictor_query`)."""
+    return manifest.model.get("encoder", {}).get("pos_embed") == "rope"
 
 
 @dataclass(frozen=True)
@@ -161,7 +183,7 @@ class Runtime:
         self.encoder: Runner = make_runner(backend, self.bundle.graph_path("encoder")).activate()
         self.predictor: Runner | None = None
         # RoPE predictors extrapolate to positions past the clip; sincos-table ones need T >= 2 steps per clip.
-        self._extrapolates = m.model.get("encoder", {}).get("pos_embed") == "rope"
+        self._extrapolates = predictor_extrapolates(m)
         if self.bundle.has("predictor") and self.layout != "BCHW" and (self._extrapolates or m.latent.grid[0] >= 2):
             self.predictor = make_runner(backend, self.bundle.graph_path("predictor")).activate()
         self.source = source if isinstance(source, Source) else (
@@ -182,15 +204,8 @@ class Runtime:
         t, h, w = m.latent.grid
         self.step_tokens = h * w
         self.surprise_how = m.latent.surprise
-        n = t * h * w
-        # Which step the predictor is asked for. RoPE predictors take positions past the clip: the whole clip is
-        # context and the target is the step after it. Predictors with a fixed sincos table (V-JEPA 1 style) only
-        # know positions inside one clip: the clip's last T-1 steps are shifted down one step and the target is
-        # the last position, which is again "the step after the recent past", within the table.
-        self._ctx_skip = 0 if self._extrapolates else self.step_tokens  # tokens dropped from the front of the context
-        self._ctx_ids = np.arange(n - self._ctx_skip, dtype=np.int64)[None]  # (1, N or N - HW)
-        first = n - self._ctx_skip
-        self._tgt_ids = np.arange(first, first + self.step_tokens, dtype=np.int64)[None]  # (1, HW)
+        self._ctx_skip, ctx_ids, tgt_ids = predictor_query((t, h, w), self._extrapolates)
+        self._ctx_ids, self._tgt_ids = ctx_ids[None], tgt_ids[None]  # (1, N or N - HW), (1, HW)
         # Preallocated: resized frame, the clip ring in (C, F, H, W), and the encoder's feed in the bundle layout.
         self._resized = np.empty((self.height, self.width, 3), np.uint8)
         self._ring = np.empty((3, self.frames, self.height, self.width), np.float32)

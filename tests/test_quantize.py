@@ -87,25 +87,52 @@ def test_collect_drops_near_duplicate_windows(tmp_path):
         assert npz["seq"][:, 0].tolist() == [0, 16, 20] and int(npz["rejected"]) == 3
 
 
-def test_reader_feeds_what_the_runtime_feeds(video_bundle, calib):
+@pytest.fixture(scope="session")
+def sincos_bundle(tmp_path_factory):
+    """V-JEPA 1 style: a fixed sincos position table, so the predictor is asked for a step inside one clip."""
+    from ami_edge.export.loaders import load_preset
+    from ami_edge.export.onnx_export import export_bundle
+
+    return export_bundle(load_preset("tiny-vjepa", seed=3), tmp_path_factory.mktemp("sincos") / "tiny-vjepa",
+                         graphs=["encoder", "predictor"])
+
+
+@pytest.mark.parametrize("which", ["video_bundle", "sincos_bundle"])
+def test_reader_feeds_what_the_runtime_feeds(which, request, calib):
     """Calibration inputs are preprocessed exactly like the runtime's frames, and the predictor gets the FP32
-    encoder's tokens in the runtime's context / target form."""
+    encoder's tokens in the runtime's query: RoPE predictors the whole clip and the step after it, sincos-table
+    ones the clip's last steps and the last position of their table."""
     from ami_edge import Runtime
     from ami_edge.calibration.reader import FeedReader, GraphFeeds, load_calibration
+    from ami_edge.runners import make_runner
 
+    bundle = request.getfixturevalue(which)
     data = load_calibration(calib)
-    feeds = GraphFeeds.build(video_bundle, data.frames[:2]).feeds
+    feeds = GraphFeeds.build(bundle, data.frames[:2]).feeds
     assert len(feeds["encoder"]) == 2 * 3  # windows of 8, clips of 4 every tubelet (2) frames
-    with Runtime(model=video_bundle, source=[], backend="onnxruntime:cpu") as rt:
+    with Runtime(model=bundle, source=[], backend="onnxruntime:cpu") as rt:
         tokens = rt.encode(list(data.frames[0, 2:6]))  # the second clip of the first window
-        np.testing.assert_allclose(feeds["predictor"][1]["context"][0], tokens, rtol=1e-5, atol=1e-5)
         expected = rt.predict(tokens)
+    skip = 0 if which == "video_bundle" else expected.shape[0]  # sincos: the first step is not context
+    feed = feeds["predictor"][1]
+    np.testing.assert_allclose(feed["context"][0], tokens[skip:], rtol=1e-5, atol=1e-5)
+    with make_runner("onnxruntime:cpu", bundle.graph_path("predictor")) as runner:
+        np.testing.assert_allclose(runner.infer(feed)["prediction"][0], expected, rtol=1e-4, atol=1e-5)
     reader = FeedReader(feeds["predictor"])
     first = reader.get_next()
-    assert set(first) == {"context", "context_ids", "target_ids"} and reader.get_next() is feeds["predictor"][1]
+    assert set(first) == {"context", "context_ids", "target_ids"} and reader.get_next() is feed
     reader.rewind()
     assert reader.get_next() is first and len(reader) == 6
-    assert expected.shape == (first["target_ids"].shape[1], tokens.shape[1])
+
+
+def test_int8_of_a_sincos_video_bundle(tmp_path, sincos_bundle, calib):
+    """An official V-JEPA (1) bundle quantizes: its predictor is calibrated with ids inside its position table."""
+    out = tmp_path / "vjepa-int8.amiedge"
+    proc = run_cli("quantize", str(sincos_bundle.path), "--out", str(out), "--calib", str(calib), "--voe-pairs", "0",
+                   *FAST)
+    assert proc.returncode == 0, proc.stderr
+    q = load_bundle(out).manifest.quantization
+    assert q.report["prediction_cosine_mean"] >= 0.99 and q.report["latent_cosine_mean"] >= 0.99
 
 
 def test_int8_bundle_is_qdq_on_weight_gemms_only(int8_bundle):

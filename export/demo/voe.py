@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ami_edge.runtime import step_surprise
+from ami_edge.runtime import predictor_extrapolates, predictor_query, step_surprise
 from ami_edge.world import World, WorldConfig
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through", "splice")
@@ -146,11 +146,8 @@ def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[
     """
     t_steps, gh, gw = grid
     hw = gh * gw
-    n = t_steps * hw
     tubelet = frames // t_steps
-    skip = 0 if extrapolates else hw
-    ctx_ids = np.arange(n - skip, dtype=np.int64)
-    tgt_ids = np.arange(n - skip, n - skip + hw, dtype=np.int64)
+    skip, ctx_ids, tgt_ids = predictor_query(grid, extrapolates)
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]
 
@@ -186,6 +183,5 @@ def bundle_scorer(bundle, how: str | None = None, batch: int = 32) -> Callable[[
     def predict(context: np.ndarray, context_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
         return pred.run(None, {"context": context, "context_ids": context_ids, "target_ids": target_ids})[0]
 
-    extrapolates = m.model.get("encoder", {}).get("pos_embed") == "rope"
-    return latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, extrapolates, m.input.mean,
+    return latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m), m.input.mean,
                          m.input.std, batch, how or m.latent.surprise)
