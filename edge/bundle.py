@@ -211,10 +211,10 @@ def check_surprise(how: str, step_tokens: int) -> int | None:
     return int(k)
 
 
-def check_surprise_option(how: str, grid: tuple[int, ...] | list[int]) -> None:
+def check_surprise_option(how: str, grid: tuple[int, ...] | list[int]) -> int | None:
     """`check_surprise` for a command's `--surprise` against a model's (T, H, W) token grid: ConfigError naming it."""
     try:
-        check_surprise(how, grid[1] * grid[2])
+        return check_surprise(how, grid[1] * grid[2])
     except ValueError as e:
         raise ConfigError(f"--surprise: {e}") from None
 

@@ -60,8 +60,9 @@ def predictor_query(grid: tuple[int, int, int], extrapolates: bool) -> tuple[int
     """
     t, h, w = grid
     hw = h * w
-    first = t * hw - (0 if extrapolates else hw)
-    return t * hw - first, np.arange(first, dtype=np.int64), np.arange(first, first + hw, dtype=np.int64)
+    skip = 0 if extrapolates else hw
+    first = t * hw - skip
+    return skip, np.arange(first, dtype=np.int64), np.arange(first, first + hw, dtype=np.int64)
 
 
 def predictor_extrapolates(manifest: Manifest) -> bool:

@@ -63,8 +63,8 @@ def test_train_demo_checks_surprise_before_training(tmp_path):
                           "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
     assert not out.exists()  # failed before training or writing anything
     # the second stage's extra loss term reads the tokens the recorded reduction reads
-    assert residual_loss_for("top8", 64) == {"residual_topk": 8, "residual_topk_weight": 1.0}
-    assert residual_loss_for("mean", 64) == {"residual_topk_weight": 0.0}
+    assert residual_loss_for("top8", (2, 8, 8)) == {"residual_topk": 8, "residual_topk_weight": 1.0}
+    assert residual_loss_for("mean", (2, 8, 8)) == {"residual_topk_weight": 0.0}
 
 
 def test_training_is_reproducible_from_its_seed():

@@ -31,9 +31,8 @@ def train_demo(args: argparse.Namespace) -> int:
     from .voe import bundle_scorer, evaluate
 
     console = Console(stderr=True, log_path=False)
-    grid = demo_model_config().encoder.grid
     # checked before training: the second stage's loss targets the tokens this reduction reads
-    residual_loss = residual_loss_for(args.surprise, grid[1] * grid[2])
+    residual_loss = residual_loss_for(args.surprise, demo_model_config().encoder.grid)
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
                       horizon=args.horizon, residual_steps=args.residual_steps,
                       residual_examples=args.residual_examples, residual_arch=args.residual_arch, **residual_loss)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ami_edge.bundle import check_surprise, check_surprise_option
+from ami_edge.bundle import check_surprise_option
 from ami_edge.errors import ConfigError
 
 from ..models import JEPAModel, make_predictor
@@ -134,13 +134,12 @@ class TrainConfig:
             raise ConfigError("train-demo: target must be shared|ema and regularizer sigreg|vicreg")
 
 
-def residual_loss_for(surprise: str, step_tokens: int) -> dict[str, Any]:
+def residual_loss_for(surprise: str, grid: tuple[int, int, int]) -> dict[str, Any]:
     """The second stage's extra loss term for a surprise reduction (`TrainConfig` fields): `topK` reads the K worst
     predicted tokens of a step, so the term averages each example's K worst; `mean` reads every token, which the
-    plain per-token loss already weighs, so there is no extra term. Raises ConfigError for a reduction the demo
-    model's `step_tokens` tokens per step cannot take (before any training)."""
-    check_surprise_option(surprise, (1, 1, step_tokens))
-    k = check_surprise(surprise, step_tokens)
+    plain per-token loss already weighs, so there is no extra term. Raises ConfigError for a reduction a step of
+    the (T, H, W) token `grid` cannot take (before any training)."""
+    k = check_surprise_option(surprise, grid)
     return {"residual_topk": k, "residual_topk_weight": 1.0} if k else {"residual_topk_weight": 0.0}
 
 
