@@ -1,7 +1,7 @@
 """The VoE test with a physics oracle in place of a learned model: what state precision would the target need?
 
     .venv/bin/python benchmarks/voe_oracle.py [--noise 0.7,0.54 0.3,0.2 0.1,0.05] [--horizon 2] [--pairs 30]
-        [--json out.json]
+        [--patch 4] [--json out.json]
 
 A world model's surprise can only be as sharp as its estimate of where each object is and how fast it moves. This
 script replaces the model with the simulator itself, given a noisy state: for every frame t of a VoE clip (the same
@@ -9,9 +9,9 @@ pairs as `ami-edge eval-voe`) the oracle takes the world's true state at frame t
 the runtime's one tubelet step), adds Gaussian noise to every body's position (px) and velocity (px / frame) as a
 `--noise POS,VEL` setting says, forgets the violation flags (a model sees images, not that a body is frozen or a
 ghost), simulates H frames with the true physics and renders them. Surprise is the runtime's reduction applied to
-pixels: the squared error of the rendered last tubelet step (frames t - 1 and t) per 8 x 8 patch (a token of the
-default model), averaged over the 4 worst patches; each clip scores its peak, and ROC-AUC per violation type is
-computed as `eval-voe` does. With no noise the oracle is exact and every AUC is 1.0; the noise at which an AUC
+pixels: the squared error of the rendered last tubelet step (frames t - 1 and t) per `--patch` square patch (4: a
+token of the default model; 8: of the defaults before it), averaged over the 4 worst patches; each clip scores its
+peak, and ROC-AUC per violation type is computed as `eval-voe` does. With no noise the oracle is exact and every AUC is 1.0; the noise at which an AUC
 falls below the issue's 0.95 is the precision a perfect dynamics model would need. Splice is left out (a spliced
 clip comes from another world; every model so far scores 1.0 there).
 
@@ -33,7 +33,7 @@ from ami_edge.runtime import step_surprise
 from ami_edge.world import World
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through")
-PATCH, SURPRISE = 8, "top4"  # the default model's token size and surprise reduction
+SURPRISE = "top4"  # the default model's surprise reduction
 
 
 def snapshots(pair, violate: bool) -> tuple[list[World], np.ndarray]:
@@ -52,15 +52,15 @@ def snapshots(pair, violate: bool) -> tuple[list[World], np.ndarray]:
     return states, frames.astype(np.float32)
 
 
-def patches(step: np.ndarray) -> np.ndarray:
-    """(2, H, W, 3) frames -> (H/8 * W/8, 2*8*8*3): each 8x8 patch of both frames as one token's values."""
+def patches(step: np.ndarray, patch: int) -> np.ndarray:
+    """(2, H, W, 3) frames -> (H/P * W/P, 2*P*P*3): each P x P patch of both frames as one token's values."""
     f, h, w, c = step.shape
-    g = h // PATCH
-    return step.reshape(f, g, PATCH, g, PATCH, c).transpose(1, 3, 0, 2, 4, 5).reshape(g * g, -1)
+    g = h // patch
+    return step.reshape(f, g, patch, g, patch, c).transpose(1, 3, 0, 2, 4, 5).reshape(g * g, -1)
 
 
 def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px: float, vel_px: float,
-                  rng: np.random.Generator) -> float:
+                  rng: np.random.Generator, patch: int) -> float:
     size = frames.shape[1]
     peaks = []
     for t in range(max(horizon, 5), len(frames)):  # the runtime's first surprise is at frame 5 (4-frame clips + 2)
@@ -74,8 +74,9 @@ def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px:
         before = world.render(size).astype(np.float32)
         world.step()
         last = world.render(size).astype(np.float32)
-        # the last tubelet step as tokens: one 8x8 patch of both frames per token, then the runtime's reduction
-        peaks.append(float(step_surprise(patches(np.stack([before, last])), patches(frames[t - 1:t + 1]), SURPRISE)))
+        # the last tubelet step as tokens: one patch of both frames per token, then the runtime's reduction
+        predicted, seen = patches(np.stack([before, last]), patch), patches(frames[t - 1:t + 1], patch)
+        peaks.append(float(step_surprise(predicted, seen, SURPRISE)))
     return float(max(peaks))
 
 
@@ -86,6 +87,7 @@ def main() -> int:
                         "precision, and two finer ones)")
     p.add_argument("--horizon", type=int, default=2, help="frames between the state and the scored step (default 2)")
     p.add_argument("--pairs", type=int, default=30, help="pairs per violation type (default 30)")
+    p.add_argument("--patch", type=int, default=4, help="token size in pixels (default 4, the default model's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--json", type=Path, help="also write the table here")
     args = p.parse_args()
@@ -97,23 +99,25 @@ def main() -> int:
         print(f"error: --noise takes POS,VEL pairs of non-negative numbers, got {' '.join(args.noise)}",
               file=sys.stderr)
         return 1
-    if args.horizon < 2 or args.pairs < 2:
-        print("error: --horizon must be >= 2 (one tubelet step) and --pairs >= 2", file=sys.stderr)
+    if args.horizon < 2 or args.pairs < 2 or args.patch < 1 or 64 % args.patch:
+        print("error: --horizon must be >= 2 (one tubelet step), --pairs >= 2 and --patch divide 64", file=sys.stderr)
         return 1
     clips = {}
     for kind in KINDS:
         clips[kind] = [(snapshots(pair, True), snapshots(pair, False)) for pair in make_pairs(kind, args.pairs)]
     rows = []
-    print(f"physics oracle, horizon {args.horizon} frames, {args.pairs} pairs per type (ROC-AUC of peak surprise)")
+    print(f"physics oracle, horizon {args.horizon} frames, {args.patch} px tokens, {args.pairs} pairs per type "
+          "(ROC-AUC of peak surprise)")
     print(f"{'position px':>12} {'velocity px/frame':>18} " + " ".join(f"{k:>13}" for k in KINDS))
     for pos, vel in noise:
         rng = np.random.default_rng(args.seed)
         aucs = {}
         for kind in KINDS:
-            v = [peak_surprise(*violating, args.horizon, pos, vel, rng) for violating, _ in clips[kind]]
-            n = [peak_surprise(*normal, args.horizon, pos, vel, rng) for _, normal in clips[kind]]
+            v = [peak_surprise(*violating, args.horizon, pos, vel, rng, args.patch) for violating, _ in clips[kind]]
+            n = [peak_surprise(*normal, args.horizon, pos, vel, rng, args.patch) for _, normal in clips[kind]]
             aucs[kind] = roc_auc(np.array(v), np.array(n))
-        rows.append({"position_px": pos, "velocity_px_per_frame": vel, "horizon": args.horizon, "auc": aucs})
+        rows.append({"position_px": pos, "velocity_px_per_frame": vel, "horizon": args.horizon, "patch": args.patch,
+                     "auc": aucs})
         print(f"{pos:>12.2f} {vel:>18.2f} " + " ".join(f"{aucs[k]:>13.3f}" for k in KINDS), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

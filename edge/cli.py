@@ -136,15 +136,26 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help="training steps (default 1000, the shipped default bundle's recipe)")
     p.add_argument("--horizon", type=_positive_int, default=3,
                    help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
-    p.add_argument("--residual-steps", type=_non_negative_int, default=10000,
+    p.add_argument("--residual-steps", type=_non_negative_int, default=3600,
                    help="second stage: steps training a next-step residual predictor on the frozen encoder "
-                        "(default 10000; 0 skips it)")
+                        "(default 3600; 0 skips it)")
     p.add_argument("--residual-arch", choices=["conv", "vit"], default="conv",
                    help="second stage's predictor: conv, a fresh convolutional predictor over the token grid "
                         "(default), or vit, the first stage's predictor fine-tuned (the previous recipe)")
-    p.add_argument("--residual-examples", type=_positive_int, default=24000,
-                   help="second stage: next-step clips the frozen encoder encodes once for it (default 24000)")
-    p.add_argument("--batch", type=_positive_int, default=24, help="clips per step (default 24)")
+    p.add_argument("--residual-examples", type=_positive_int, default=16000,
+                   help="second stage: next-step clips the frozen encoder encodes once for it (default 16000)")
+    p.add_argument("--batch", type=_positive_int, default=16, help="clips per step (default 16)")
+    p.add_argument("--horizon-sampling", choices=["one", "all"], default="one",
+                   help="first stage: one horizon drawn per clip (default; a third of the teacher and predictor "
+                        "cost at --horizon 3) or all of them for every clip")
+    p.add_argument("--target-fraction", type=float, default=0.25,
+                   help="first stage: fraction of a target step's tokens the predictor predicts, drawn per clip "
+                        "(default 0.25)")
+    p.add_argument("--patch", type=_positive_int, default=4,
+                   help="encoder patch size in pixels: 64 px frames make a (64/PATCH)^2 token grid per tubelet "
+                        "step (default 4: 16x16)")
+    p.add_argument("--width", type=_positive_int, default=64, help="encoder width, a multiple of 4 (default 64)")
+    p.add_argument("--depth", type=_positive_int, default=3, help="encoder blocks (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the weights and the data order")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--eval-pairs", type=int, default=40,

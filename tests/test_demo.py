@@ -9,6 +9,7 @@ import pytest
 
 from ami_edge import load_bundle
 from ami_edge.cli import DEMO_SURPRISE
+from ami_edge.errors import ConfigError
 from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc, scene
 from ami_edge.world import World
 
@@ -51,16 +52,20 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert set(report) == set(KINDS) and all(0 <= r["paired"] <= 1 for r in report.values())
     proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--surprise", "mean")
     assert proc.returncode == 0 and proc.stdout.startswith("surprise: mean of the per-token"), proc.stderr
-    assert_one_line_error(run_cli("eval-voe", "--model", str(bundle.path), "--surprise", "top65"),
-                          "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
+    assert_one_line_error(run_cli("eval-voe", "--model", str(bundle.path), "--surprise", "top257"),
+                          "--surprise: 'top257' is not a surprise reduction", "1 <= K <= 256")
 
 
 def test_train_demo_checks_surprise_before_training(tmp_path):
     from ami_edge.export.demo.train import residual_loss_for
 
     out = tmp_path / "never"
-    assert_one_line_error(run_cli("train-demo", "--surprise", "top65", "--out", str(out)),
+    assert_one_line_error(run_cli("train-demo", "--surprise", "top257", "--out", str(out)),
+                          "--surprise: 'top257' is not a surprise reduction", "1 <= K <= 256")  # 16x16 tokens
+    # ... checked against the grid of the encoder asked for: 8 px patches make 8x8 tokens
+    assert_one_line_error(run_cli("train-demo", "--patch", "8", "--surprise", "top65", "--out", str(out)),
                           "--surprise: 'top65' is not a surprise reduction", "1 <= K <= 64")
+    assert_one_line_error(run_cli("train-demo", "--patch", "6", "--out", str(out)), "patch=6 must divide")
     assert not out.exists()  # failed before training or writing anything
     # the second stage's extra loss term reads the tokens the recorded reduction reads
     assert residual_loss_for("top8", (2, 8, 8)) == {"residual_topk": 8, "residual_topk_weight": 1.0}
@@ -78,7 +83,6 @@ def test_training_is_reproducible_from_its_seed():
 
 
 def test_second_stage_predictor_choice():
-    from ami_edge.errors import ConfigError
     from ami_edge.export.demo.train import TrainConfig, train
     from ami_edge.export.models import ConvPredictor, Predictor
 
@@ -119,15 +123,69 @@ def test_next_step_examples_are_the_encoders_tokens_of_consecutive_clips():
     model = JEPAModel(demo_model_config()).eval()
     frames = WorldPool(4, 3, 64, 10).sample(3).frames  # 3 windows of 10 frames: clips at 0, 2, 4, 6
     context, target = next_steps(model, frames, 4)
-    assert context.shape == (9, 128, 96) and target.shape == (9, 64, 96)
+    assert context.shape == (9, 512, 64) and target.shape == (9, 256, 64)  # 2 x 16 x 16 tokens of 64
     with torch.no_grad():
         for i, start in enumerate((0, 2, 4)):  # examples are grouped by offset, windows in order within a group
             np.testing.assert_allclose(context[3 * i:3 * i + 3], model.encoder(clip(frames, start, 4)), atol=1e-5)
-            np.testing.assert_allclose(target[3 * i:3 * i + 3], model.encoder(clip(frames, start + 2, 4))[:, -64:],
+            np.testing.assert_allclose(target[3 * i:3 * i + 3], model.encoder(clip(frames, start + 2, 4))[:, -256:],
                                        atol=1e-5)
     cfg = TrainConfig(batch=2, pool=4, frames=4, horizon=3)
     context, target = frozen_steps(model, WorldPool(4, 3, 64, 10), 7, cfg)  # 6 per sample: two samples, trimmed
-    assert context.shape == (7, 128, 96) and target.shape == (7, 64, 96)
+    assert context.shape == (7, 512, 64) and target.shape == (7, 256, 64)
+
+
+def test_one_horizon_per_clip_targets_the_teachers_tokens_of_that_clip():
+    """horizon_sampling="one", target_fraction < 1: one predictor call whose query for each clip is a random subset of
+    the token ids k steps past the context, scored against the teacher's tokens of the clip 2k frames later at
+    those ids; the action-conditioned predictor keeps the next step as its target."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from ami_edge.export.demo.data import WorldPool
+    from ami_edge.export.demo.train import TrainConfig, clip, demo_model_config, losses
+    from ami_edge.export.models import JEPAModel
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(batch=8, pool=8, horizon=3, horizon_sampling="one", target_fraction=0.25)
+    model = JEPAModel(demo_model_config()).eval()
+    teacher = copy.deepcopy(model.encoder)
+    predictor, queries = model.predictor, []
+
+    class Spy(torch.nn.Module):
+        def forward(self, context, context_ids, target_ids):
+            queries.append(target_ids)
+            return predictor(context, context_ids, target_ids)
+
+    model.predictor = Spy()
+    batch = WorldPool(8, 0, 64, 10).sample(8)  # every other clip a pusher scene
+    with torch.no_grad():
+        out = losses(model, batch, cfg, torch.Generator().manual_seed(0), teacher)
+        assert len(queries) == 1
+        ids = queries[0]
+        t, h, w = model.cfg.encoder.grid
+        n, hw = t * h * w, h * w
+        assert ids.shape == (8, hw // 4)
+        k, token = (ids - n) // hw + 1, (ids - n) % hw
+        assert (k == k[:, :1]).all() and set(k[:, 0].tolist()) == {1, 2, 3}  # one horizon per clip, all drawn
+        assert all(len(set(row.tolist())) == hw // 4 for row in token)  # distinct tokens
+        z_ctx = model.encoder(clip(batch.frames, 0, 4))
+        expected = torch.stack([teacher(clip(batch.frames[i:i + 1], 2 * int(k[i, 0]), 4))[0, -hw:][token[i]]
+                                for i in range(8)])
+        torch.testing.assert_close(out["pred"], F.smooth_l1_loss(predictor(z_ctx, torch.arange(n).expand(8, -1), ids),
+                                                                 expected))
+        rows = batch.pusher
+        assert rows.sum() == 4
+        acts = batch.actions[rows, :4].view(-1, t, 2, 2).mean(2)
+        ac = model.ac_predictor(z_ctx[rows], acts, batch.states[rows, :4:2])[:, -hw:]
+        torch.testing.assert_close(out["ac"], F.smooth_l1_loss(ac, teacher(clip(batch.frames[rows], 2, 4))[:, -hw:]))
+    with pytest.raises(ConfigError, match="horizon_sampling must be all or one"):
+        TrainConfig(horizon_sampling="some")
+    with pytest.raises(ConfigError, match=r"target_fraction must be in \(0, 1\]"):
+        TrainConfig(target_fraction=0.0)
+    with pytest.raises(ConfigError, match="patch=6 must divide image_size=64"):
+        TrainConfig(patch=6)
 
 
 @pytest.mark.parametrize("kind", KINDS)

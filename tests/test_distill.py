@@ -30,7 +30,7 @@ from ami_edge.export.distill import StudentSpec, resample, student_config  # noq
 from ami_edge.export.models import JEPAModel  # noqa: E402
 from ami_edge.export.models.presets import preset_config  # noqa: E402
 
-SMALL = ["--width", "32", "--depth", "2", "--pred-width", "32", "--pred-depth", "1"]
+SMALL = ["--width", "32", "--depth", "2", "--pred-width", "32", "--pred-depth", "1", "--patch", "8"]
 
 
 def test_student_config_shrinks_what_is_asked_and_keeps_the_rest():
@@ -63,12 +63,13 @@ def _report(out: Path) -> dict:
 
 
 def test_distill_quantize_compare_end_to_end(tmp_path):
-    """The shipped default (ONNX Runtime teacher) into a 12x smaller student, then INT8 and compare."""
+    """The shipped default (ONNX Runtime teacher) into a student with >10x fewer FLOPs (8 px patches: a quarter of
+    the teacher's tokens), then INT8 and compare."""
     out = tmp_path / "run"
     proc = run_cli("distill", "--out", str(out), "--steps", "60", "--batch", "8", "--voe-pairs", "3", *SMALL)
     assert proc.returncode == 0, proc.stderr
     report = _report(out)
-    assert report["flops_ratio"] >= 10 and report["student"]["params"] < report["teacher"]["params"] / 10
+    assert report["flops_ratio"] >= 10 and report["student"]["params"] < report["teacher"]["params"] / 5
     assert report["world_size"] == 1 and report["steps"] == 60
     history = json.loads((out / "history.json").read_text())
     # it learns: held-out feature loss and latent cosine improve from the first evaluation to the last

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +32,13 @@ def train_demo(args: argparse.Namespace) -> int:
     from .voe import bundle_scorer, evaluate
 
     console = Console(stderr=True, log_path=False)
-    # checked before training: the second stage's loss targets the tokens this reduction reads
-    residual_loss = residual_loss_for(args.surprise, demo_model_config().encoder.grid)
+    shape = {"patch": args.patch, "width": args.width, "depth": args.depth}
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, threads=args.threads,
                       horizon=args.horizon, residual_steps=args.residual_steps,
-                      residual_examples=args.residual_examples, residual_arch=args.residual_arch, **residual_loss)
+                      residual_examples=args.residual_examples, residual_arch=args.residual_arch,
+                      horizon_sampling=args.horizon_sampling, target_fraction=args.target_fraction, **shape)
+    # checked before training: the second stage's loss targets the tokens this reduction reads
+    cfg = replace(cfg, **residual_loss_for(args.surprise, demo_model_config(**shape).encoder.grid))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -45,10 +45,12 @@ from .data import Batch, WorldPool
 from .sigreg import effective_rank, sigreg
 
 
-def demo_model_config(image_size: int = 64, frames: int = 4) -> JEPAConfig:
-    """The shipped demo model: ~0.8 M parameters, small enough for 2 CPU cores and a < 5 MB package."""
-    enc = EncoderConfig(img_size=(image_size, image_size), patch_size=8, num_frames=frames, tubelet_size=2,
-                        embed_dim=96, depth=4, num_heads=4, pos_embed="rope", layout="BCTHW")
+def demo_model_config(image_size: int = 64, frames: int = 4, patch: int = 4, width: int = 64,
+                      depth: int = 3) -> JEPAConfig:
+    """The demo model: a small ViT encoder (`patch`-pixel patches, `width` wide, `depth` blocks), small enough for 2
+    CPU cores and a < 5 MB package, with stage-1 ViT predictors (the second stage replaces the future one)."""
+    enc = EncoderConfig(img_size=(image_size, image_size), patch_size=patch, num_frames=frames, tubelet_size=2,
+                        embed_dim=width, depth=depth, num_heads=4, pos_embed="rope", layout="BCTHW")
     return JEPAConfig(family="native", encoder=enc,
                       predictor=PredictorConfig(embed_dim=64, depth=3, num_heads=4, num_mask_tokens=1, mask_index=0),
                       ac_predictor=ACPredictorConfig(embed_dim=64, depth=3, num_heads=4, action_dim=2, state_dim=2))
@@ -81,6 +83,17 @@ class TrainConfig:
     # frames) and surprise compares the H-step prediction. One step ahead (2 frames, ~1-3 px of motion at 64 px)
     # is cheap to fake by copying the last frame; further ahead, copying costs and the dynamics must be learned.
     horizon: int = 1
+    # "all": the predictor learns every horizon 1..H on every clip; "one": one horizon drawn per clip, so the teacher
+    # encodes one later clip and the predictor runs once (a third of their cost at H = 3).
+    horizon_sampling: str = "all"
+    # The fraction of a target step's tokens the first-stage predictor predicts, a random subset per clip (as
+    # I-JEPA and V-JEPA predict masked blocks): its cost grows with the tokens it is asked for.
+    target_fraction: float = 1.0
+    # The encoder: `patch`-pixel patches (a 64 px frame is a 64/patch square token grid per tubelet step),
+    # `width` channels, `depth` blocks (`demo_model_config`).
+    patch: int = 4
+    width: int = 64
+    depth: int = 3
     # Second stage: steps training a residual next-step predictor on the frozen encoder (0: none).
     residual_steps: int = 0
     residual_lr: float = 1e-3
@@ -113,11 +126,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "image_size", "frames", "pool", "threads", "log_every", "horizon",
-                     "residual_batch", "residual_examples", "residual_width", "residual_depth", "residual_topk"):
+                     "residual_batch", "residual_examples", "residual_width", "residual_depth", "residual_topk",
+                     "patch", "width", "depth"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train-demo: {name} must be > 0, got {getattr(self, name)}")
         if self.frames % 2 or self.frames < 4:
             raise ConfigError(f"train-demo: frames={self.frames} must be an even number >= 4 (tubelet 2)")
+        if self.image_size % self.patch:
+            raise ConfigError(f"train-demo: patch={self.patch} must divide image_size={self.image_size}")
+        if self.width % 4:
+            raise ConfigError(f"train-demo: width={self.width} must be a multiple of 4 (4 attention heads)")
+        if self.horizon_sampling not in ("all", "one"):
+            raise ConfigError(f"train-demo: horizon_sampling must be all or one, got {self.horizon_sampling!r}")
+        if not 0 < self.target_fraction <= 1:
+            raise ConfigError(f"train-demo: target_fraction must be in (0, 1], got {self.target_fraction}")
         if self.residual_steps < 0:
             raise ConfigError(f"train-demo: residual_steps must be >= 0, got {self.residual_steps}")
         if self.batch > self.pool:
@@ -175,33 +197,54 @@ def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generato
            teacher: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     f = cfg.frames
     t, h, w = model.cfg.encoder.grid
-    hw = h * w
+    n, hw = t * h * w, h * w
     b = batch.frames.shape[0]
     z_ctx = model.encoder(clip(batch.frames, 0, f))  # (B, N, D): frames [0, F)
     encode = model.encoder if teacher is None else teacher
-    preds, targets = [], []
-    for k in range(1, cfg.horizon + 1):
-        ctx_ids, tgt_ids = step_ids(model, k)
+    if cfg.horizon_sampling == "one":  # k in 1..H per clip: frames [2k, F + 2k)
+        k = torch.randint(1, cfg.horizon + 1, (b,), generator=gen)
+        horizons = [k]
+    else:  # every horizon for every clip
+        horizons = [torch.full((b,), k) for k in range(1, cfg.horizon + 1)]
+    keep = hw if cfg.target_fraction >= 1 else max(1, round(hw * cfg.target_fraction))
+    # the target tokens of each clip's step (all of them, or a random subset drawn per clip)
+    sel = torch.rand(b, hw, generator=gen).argsort(1)[:, :keep] if keep < hw else torch.arange(hw).expand(b, -1)
+    preds, targets, first = [], [], None
+    for k in horizons:
         with torch.set_grad_enabled(teacher is None):
-            z_tgt = encode(clip(batch.frames, 2 * k, f))  # (B, N, D): frames [2k, F + 2k)
-        targets.append(z_tgt[:, -hw:])  # last step of the later clip = k steps after the context clip
-        preds.append(model.predictor(z_ctx, ctx_ids.expand(b, -1), tgt_ids.expand(b, -1)))  # (B, HW, D)
-    pred, target = torch.cat(preds, 1), torch.cat(targets, 1)  # (B, H*HW, D)
+            if bool((k == k[0]).all()):
+                later = clip(batch.frames, 2 * int(k[0]), f)
+            else:
+                later = torch.stack([batch.frames[i, 2 * int(k[i]):2 * int(k[i]) + f] for i in range(b)])
+                later = later.permute(0, 2, 1, 3, 4)
+            z_tgt = encode(later)  # (B, N, D)
+        step = z_tgt[:, -hw:]  # last step of the later clip = k steps after the context clip
+        if first is None:
+            first = (step, k == 1)  # the next step's tokens, where drawn (the action-conditioned target)
+        targets.append(step.gather(1, sel[..., None].expand(-1, -1, step.shape[-1])))
+        tgt_ids = n + (k[:, None] - 1) * hw + sel  # (B, keep)
+        preds.append(model.predictor(z_ctx, torch.arange(n).expand(b, -1), tgt_ids))  # (B, keep, D)
+    pred, target = torch.cat(preds, 1), torch.cat(targets, 1)  # (B, len(horizons) * keep, D)
     if cfg.motion_weight > 0:
         with torch.no_grad():
-            change = (target - z_ctx[:, -hw:].repeat(1, cfg.horizon, 1)).pow(2).mean(-1)  # (B, H*HW) motion
+            last = z_ctx[:, -hw:].gather(1, sel[..., None].expand(-1, -1, z_ctx.shape[-1]))
+            change = (target - last.repeat(1, len(horizons), 1)).pow(2).mean(-1)  # (B, ·keep) motion
             weight = 1 + cfg.motion_weight * change / change.mean().clamp_min(1e-6)
-        per_token = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)  # (B, H*HW)
+        per_token = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
         out = {"pred": (weight * per_token).sum() / weight.sum()}
     else:
         out = {"pred": F.smooth_l1_loss(pred, target)}
-    target = targets[0]
     if batch.pusher.any():
         rows = batch.pusher
+        step, drawn = first
+        missing = (rows & ~drawn).nonzero()[:, 0]
+        if len(missing):  # one horizon per clip: encode the pusher clips' next step where another was drawn
+            with torch.set_grad_enabled(teacher is None):
+                step = step.index_put((missing,), encode(clip(batch.frames[missing], 2, f))[:, -hw:])
         acts = batch.actions[rows, :f].view(-1, t, 2, 2).mean(2)  # (B', T, 2) mean velocity per step
         states = batch.states[rows, :f:2]  # (B', T, 2) position at each step's first frame
         ac = model.ac_predictor(z_ctx[rows], acts, states)  # (B', T*HW, D) next-step predictions per step
-        out["ac"] = F.smooth_l1_loss(ac[:, -hw:], target[rows])
+        out["ac"] = F.smooth_l1_loss(ac[:, -hw:], step[rows])
     z = torch.cat([z_ctx, z_tgt]) if teacher is None else z_ctx  # (·B, N, D)
     if cfg.position_centered:
         z = z - z.mean(0, keepdim=True)
@@ -249,7 +292,7 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = JEPAModel(demo_model_config(cfg.image_size, cfg.frames))
+    model = JEPAModel(demo_model_config(cfg.image_size, cfg.frames, cfg.patch, cfg.width, cfg.depth))
     _init(model, gen)
     pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2 * cfg.horizon)
     held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2 * cfg.horizon).sample(cfg.batch)
