@@ -40,6 +40,16 @@ def sessions(bundle: Bundle, threads: int | None) -> dict[str, ort.InferenceSess
                                     providers=["CPUExecutionProvider"]) for g in ("encoder", "predictor")}
 
 
+def runtime_feeds(bundle: Bundle, s: dict[str, ort.InferenceSession]) -> tuple[dict, dict]:
+    """The encoder's and predictor's inputs for one clip of the demo world, as the runtime makes them."""
+    m = bundle.manifest
+    pixels = Preprocess(bundle).clip(np.stack(read_frames("synthetic://bouncing?seed=99", m.input.frames)))
+    tokens = s["encoder"].run(None, {"pixels": pixels})[0]
+    skip, ctx_ids, tgt_ids = predictor_query(m.latent.grid, predictor_extrapolates(m))  # the runtime's query
+    return {"pixels": pixels}, {"context": np.ascontiguousarray(tokens[:, skip:]), "context_ids": ctx_ids[None],
+                                "target_ids": tgt_ids[None]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", help="the FP32 bundle, e.g. build/tiny.amiedge or build/demo/default.amiedge")
@@ -72,35 +82,31 @@ def main() -> int:
     for item in args.also:
         name, _, path = item.partition("=")
         variants[name] = load_bundle(path)
-    m = fp32.manifest
-    clip = read_frames("synthetic://bouncing?seed=99", m.input.frames)
-    pixels = Preprocess(fp32).clip(np.stack(clip))
     runs = {name: sessions(b, args.threads) for name, b in variants.items()}
-    tokens = runs["fp32"]["encoder"].run(None, {"pixels": pixels})[0]
-    skip, ctx_ids, tgt_ids = predictor_query(m.latent.grid, predictor_extrapolates(m))  # the runtime's query
-    pred_feed = {"context": np.ascontiguousarray(tokens[:, skip:]), "context_ids": ctx_ids[None],
-                 "target_ids": tgt_ids[None]}
+    # each variant's own feeds (an --also bundle may have another geometry, e.g. the previous default's grid)
+    feeds = {name: runtime_feeds(b, runs[name]) for name, b in variants.items()}
 
     cpu: dict[str, list[float]] = {name: [] for name in runs}
 
-    def call(s: dict[str, ort.InferenceSession], name: str | None = None) -> float:
+    def call(name: str, timed: bool = True) -> float:
+        s, (pixels, pred_feed) = runs[name], feeds[name]
         start, start_cpu = time.perf_counter(), time.thread_time()
-        s["encoder"].run(None, {"pixels": pixels})
+        s["encoder"].run(None, pixels)
         s["predictor"].run(None, pred_feed)
-        if name is not None:
+        if timed:
             cpu[name].append(time.thread_time() - start_cpu)
         return time.perf_counter() - start
 
-    for s in runs.values():  # warm-up: allocations, kernel selection, caches
+    for name in runs:  # warm-up: allocations, kernel selection, caches
         for _ in range(10):
-            call(s)
+            call(name, timed=False)
     times: dict[str, list[float]] = {name: [] for name in runs}
     paired: dict[str, list[float]] = {name: [] for name in runs}  # per round: FP32 median / this variant's
     names = list(runs)
     for r in range(args.rounds):
         this_round = {}
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order each round
-            this_round[name] = [call(runs[name], name) for _ in range(args.calls)]
+            this_round[name] = [call(name) for _ in range(args.calls)]
             times[name].extend(this_round[name])
         for name, v in this_round.items():
             paired[name].append(statistics.median(this_round["fp32"]) / statistics.median(v))
