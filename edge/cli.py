@@ -135,7 +135,8 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=1000,
                    help="training steps (default 1000, the shipped default bundle's recipe)")
     p.add_argument("--horizon", type=_positive_int, default=3,
-                   help="tubelet steps ahead the predictor learns, every one from 1 to this (default 3)")
+                   help="tubelet steps ahead the first-stage predictor learns, 1 to this (default 3; see "
+                        "--horizon-sampling)")
     p.add_argument("--residual-steps", type=_non_negative_int, default=3600,
                    help="second stage: steps training a next-step residual predictor on the frozen encoder "
                         "(default 3600; 0 skips it)")
