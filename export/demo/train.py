@@ -216,12 +216,8 @@ def losses(model: JEPAModel, batch: Batch, cfg: TrainConfig, gen: torch.Generato
     preds, targets, first = [], [], None
     for k in horizons:
         with torch.set_grad_enabled(teacher is None):
-            if bool((k == k[0]).all()):
-                later = clip(batch.frames, 2 * int(k[0]), f)
-            else:
-                later = torch.stack([batch.frames[i, 2 * int(k[i]):2 * int(k[i]) + f] for i in range(b)])
-                later = later.permute(0, 2, 1, 3, 4)
-            z_tgt = encode(later)  # (B, N, D)
+            later = batch.frames[torch.arange(b)[:, None], 2 * k[:, None] + torch.arange(f)]  # (B, F, C, H, W)
+            z_tgt = encode(later.permute(0, 2, 1, 3, 4))  # (B, N, D)
         step = z_tgt[:, -hw:]  # last step of the later clip = k steps after the context clip
         if first is None:
             first = (step, k == 1)  # the next step's tokens, where drawn (the action-conditioned target)
