@@ -217,3 +217,29 @@ def test_roc_auc():
     assert roc_auc(np.array([3, 4]), np.array([1, 2])) == 1.0
     assert roc_auc(np.array([1, 2]), np.array([3, 4])) == 0.0
     assert roc_auc(np.array([1, 1]), np.array([1, 1])) == 0.5
+
+
+def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(tmp_path):
+    """benchmarks/stage2_voe.py: the shipped encoder graph in ONNX Runtime stands in for the torch encoder, so its
+    held-out next-step examples are train-demo's own: copying the last step scores what the shipped run recorded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "stage2.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), "--residual-steps", "1",
+                           "--residual-examples", "40", "--pairs", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    shipped = load_bundle("default-fp32").manifest.training
+    assert report["val_copy_last"] == pytest.approx(shipped["val_copy_last"], abs=1e-4)
+    # the fresh conv predictor starts at "copy the last step"; one warm-up step barely moves it
+    assert report["val_residual"] == pytest.approx(report["val_copy_last"], rel=0.05)
+    assert report["recipe"]["residual_steps"] == 1 and report["recipe"]["residual_examples"] == 40
+    assert report["recipe"]["residual_topk"] == shipped["recipe"]["residual_topk"]
+    assert set(report["auc"]) == set(KINDS) | {"mean"} and all(0 <= v <= 1 for v in report["auc"].values())
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), "--model", "default",
+                          "--residual-steps", "1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "FP32" in bad.stderr, bad.stderr

@@ -1,0 +1,153 @@
+"""`train-demo`'s second stage alone, on a shipped bundle's frozen encoder, scored by the VoE test: a 10-minute loop
+for predictor experiments instead of a 25-minute `train-demo` run.
+
+    .venv/bin/python benchmarks/stage2_voe.py [--model default-fp32] [--residual-steps 3600]
+        [--residual-examples 16000] [--topk-weight 1] [--width 64] [--depth 3] [--objects 4,10] [--pairs 40]
+        [--json out.json]
+
+The second stage trains a next-step predictor on tokens of an encoder that no longer changes, so it does not need
+the first stage to be re-run: this script runs the encoder graph of `--model` in ONNX Runtime in place of the torch
+encoder and calls `finetune_residual`, the function `train-demo` calls, with the shipped recipe's `TrainConfig`
+(seed, world pools, clip cache, steps, loss). Options override the recipe's second-stage fields. The trained torch
+predictor is then scored as `ami-edge eval-voe` scores a bundle: the same pairs (seeds from 1 000 000), the
+bundle's surprise reduction, the encoder through ONNX Runtime.
+
+On the shipped `default-fp32` with the shipped recipe it reproduces the shipped predictor's VoE within the noise
+of 40 pairs (README, "The default world model"). Needs the [export] extra (torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ami_edge import load_bundle
+from ami_edge.export.demo.train import (TrainConfig, TrainResult, demo_model_config, finetune_residual,
+                                        residual_loss_for)
+from ami_edge.export.demo.data import WorldPool
+from ami_edge.export.demo.voe import KINDS, evaluate, latent_scorer
+from ami_edge.runtime import predictor_extrapolates
+
+# The shipped recipe's first-stage shape (README: `ami-edge train-demo`); the encoder itself comes from the bundle.
+SHIPPED = TrainConfig(steps=1000, batch=16, horizon=3, horizon_sampling="one", target_fraction=0.25,
+                      residual_steps=3600, residual_examples=16000)
+
+
+class OnnxEncoder:
+    """The bundle's encoder graph behind the torch call `finetune_residual` makes: (B, C, T, H, W) -> (B, N, D)."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"pixels": clip.contiguous().numpy()})[0])
+
+    def requires_grad_(self, flag: bool = True) -> OnnxEncoder:
+        return self  # frozen by construction
+
+
+class FrozenModel:
+    """What `finetune_residual` reads and writes of a `JEPAModel`: `cfg`, `encoder` and `predictor`."""
+
+    def __init__(self, cfg, encoder: OnnxEncoder):
+        self.cfg, self.encoder, self.predictor = cfg, encoder, None
+
+    def eval(self) -> FrozenModel:
+        return self
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default-fp32", help="an FP32 demo bundle (default: the shipped one)")
+    p.add_argument("--residual-steps", type=int, default=SHIPPED.residual_steps)
+    p.add_argument("--residual-examples", type=int, default=SHIPPED.residual_examples)
+    p.add_argument("--topk-weight", type=float, default=None, help="weight of the worst-K-tokens term (default: "
+                   "the recipe's for the bundle's surprise reduction)")
+    p.add_argument("--width", type=int, default=SHIPPED.residual_width, help="conv predictor channels (default 64)")
+    p.add_argument("--depth", type=int, default=SHIPPED.residual_depth, help="conv predictor blocks (default 3)")
+    p.add_argument("--objects", default="4,10", help="bodies per second-stage scene, MIN,MAX (default 4,10)")
+    p.add_argument("--seed", type=int, default=SHIPPED.seed)
+    p.add_argument("--pairs", type=int, default=40, help="VoE pairs per violation type (default 40)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the report here")
+    args = p.parse_args()
+
+    bundle = load_bundle(args.model)
+    m = bundle.manifest
+    if m.input.layout != "BCTHW" or "predictor" not in m.graphs:
+        print(f"error: {args.model}: needs a demo video bundle (BCTHW, with a predictor graph)", file=sys.stderr)
+        return 1
+    if m.graphs["encoder"].precision != "fp32":
+        print(f"error: {args.model}: the encoder is {m.graphs['encoder'].precision}; train-demo's second stage "
+              "reads an FP32 encoder (try --model default-fp32)", file=sys.stderr)
+        return 1
+    lo, hi = (int(x) for x in args.objects.split(","))
+    cfg = replace(SHIPPED, seed=args.seed, residual_steps=args.residual_steps, threads=args.threads,
+                  residual_examples=args.residual_examples, residual_objects=(lo, hi),
+                  residual_width=args.width, residual_depth=args.depth,
+                  **residual_loss_for(m.latent.surprise, m.latent.grid))
+    if args.topk_weight is not None:
+        cfg = replace(cfg, residual_topk_weight=args.topk_weight)
+    enc_cfg = dict(m.model.get("encoder", {}))
+    model_cfg = demo_model_config(cfg.image_size, cfg.frames, enc_cfg.get("patch_size", cfg.patch),
+                                  enc_cfg.get("embed_dim", cfg.width), enc_cfg.get("depth", cfg.depth))
+    if list(model_cfg.encoder.grid) != list(m.latent.grid):
+        print(f"error: {args.model}: token grid {m.latent.grid} is not a demo encoder's", file=sys.stderr)
+        return 1
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    model = FrozenModel(model_cfg, OnnxEncoder(bundle.graph_path("encoder"), cfg.threads))
+    window = cfg.frames + 2 * cfg.horizon  # the first stage's held-out clips, as `train` draws them
+    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, window).sample(cfg.batch)
+    result = TrainResult(model, history=[{}])
+    start = time.perf_counter()
+
+    def progress(step: int, total: int, row: dict) -> None:
+        if row.get("val_residual") is not None and (step - cfg.steps) % 500 == 1:
+            print(f"step {step - cfg.steps - 1:5d}  held-out {row['val_residual']:.4f}  copy-last "
+                  f"{row['val_copy']:.4f}  {row['seconds']:.0f} s", flush=True)
+
+    finetune_residual(model, cfg, held_out, result, progress, start)
+    seconds = time.perf_counter() - start
+    predictor = model.predictor.eval()
+
+    def predict(context: np.ndarray, context_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return predictor(*(torch.from_numpy(a) for a in (context, context_ids, target_ids))).numpy()
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return model.encoder.session.run(None, {"pixels": x})[0]
+
+    score = latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m),
+                          m.input.mean, m.input.std, how=m.latent.surprise)
+    report = evaluate(score, pairs=args.pairs)
+    out = {"model": args.model, "surprise": m.latent.surprise, "train_seconds": round(seconds, 1),
+           "val_residual": result.metrics["val_residual"], "val_copy_last": result.metrics["val_copy_last"],
+           "recipe": {k: getattr(cfg, k) for k in ("residual_steps", "residual_examples", "residual_batch",
+                                                  "residual_objects", "residual_topk", "residual_topk_weight",
+                                                  "residual_width", "residual_depth",
+                                                  "seed")},
+           "auc": {k: round(report[k]["auc"], 3) for k in KINDS},
+           "paired": {k: round(report[k]["paired"], 3) for k in KINDS}}
+    out["auc"]["mean"] = round(float(np.mean([report[k]["auc"] for k in KINDS])), 4)
+    print(f"second stage {seconds:.0f} s, held-out {out['val_residual']:.4f} (copy-last {out['val_copy_last']:.4f})")
+    print("ROC-AUC " + "  ".join(f"{k} {v:.3f}" for k, v in out["auc"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
