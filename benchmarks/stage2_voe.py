@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ami_edge import load_bundle
+from ami_edge.errors import AmiEdgeError
 from ami_edge.export.demo.train import (TrainConfig, TrainResult, demo_model_config, finetune_residual,
                                         residual_loss_for)
 from ami_edge.export.demo.data import WorldPool
@@ -67,6 +68,36 @@ class FrozenModel:
         return self
 
 
+def setup(args: argparse.Namespace):
+    """The bundle, the second stage's `TrainConfig` and the demo model config its encoder has; ValueError naming
+    what is wrong otherwise."""
+    bundle = load_bundle(args.model)
+    m = bundle.manifest
+    if m.input.layout != "BCTHW" or "predictor" not in m.graphs:
+        raise ValueError(f"{args.model}: needs a demo video bundle (BCTHW, with a predictor graph)")
+    if m.graphs["encoder"].precision != "fp32":
+        raise ValueError(f"{args.model}: the encoder is {m.graphs['encoder'].precision}; train-demo's second stage "
+                         "reads an FP32 encoder (try --model default-fp32)")
+    if args.residual_steps < 1:
+        raise ValueError(f"--residual-steps must be >= 1, got {args.residual_steps}")
+    try:
+        lo, hi = (int(x) for x in args.objects.split(","))
+    except ValueError:
+        raise ValueError(f"--objects takes MIN,MAX (e.g. 4,10), got {args.objects!r}") from None
+    cfg = replace(SHIPPED, seed=args.seed, residual_steps=args.residual_steps, threads=args.threads,
+                  residual_examples=args.residual_examples, residual_objects=(lo, hi),
+                  residual_width=args.width, residual_depth=args.depth,
+                  **residual_loss_for(m.latent.surprise, m.latent.grid))
+    if args.topk_weight is not None:
+        cfg = replace(cfg, residual_topk_weight=args.topk_weight)
+    enc_cfg = dict(m.model.get("encoder", {}))
+    model_cfg = demo_model_config(cfg.image_size, cfg.frames, enc_cfg.get("patch_size", cfg.patch),
+                                  enc_cfg.get("embed_dim", cfg.width), enc_cfg.get("depth", cfg.depth))
+    if list(model_cfg.encoder.grid) != list(m.latent.grid):
+        raise ValueError(f"{args.model}: token grid {m.latent.grid} is not a demo encoder's")
+    return bundle, cfg, model_cfg
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default-fp32", help="an FP32 demo bundle (default: the shipped one)")
@@ -83,28 +114,12 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the report here")
     args = p.parse_args()
 
-    bundle = load_bundle(args.model)
+    try:
+        bundle, cfg, model_cfg = setup(args)
+    except (AmiEdgeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m = bundle.manifest
-    if m.input.layout != "BCTHW" or "predictor" not in m.graphs:
-        print(f"error: {args.model}: needs a demo video bundle (BCTHW, with a predictor graph)", file=sys.stderr)
-        return 1
-    if m.graphs["encoder"].precision != "fp32":
-        print(f"error: {args.model}: the encoder is {m.graphs['encoder'].precision}; train-demo's second stage "
-              "reads an FP32 encoder (try --model default-fp32)", file=sys.stderr)
-        return 1
-    lo, hi = (int(x) for x in args.objects.split(","))
-    cfg = replace(SHIPPED, seed=args.seed, residual_steps=args.residual_steps, threads=args.threads,
-                  residual_examples=args.residual_examples, residual_objects=(lo, hi),
-                  residual_width=args.width, residual_depth=args.depth,
-                  **residual_loss_for(m.latent.surprise, m.latent.grid))
-    if args.topk_weight is not None:
-        cfg = replace(cfg, residual_topk_weight=args.topk_weight)
-    enc_cfg = dict(m.model.get("encoder", {}))
-    model_cfg = demo_model_config(cfg.image_size, cfg.frames, enc_cfg.get("patch_size", cfg.patch),
-                                  enc_cfg.get("embed_dim", cfg.width), enc_cfg.get("depth", cfg.depth))
-    if list(model_cfg.encoder.grid) != list(m.latent.grid):
-        print(f"error: {args.model}: token grid {m.latent.grid} is not a demo encoder's", file=sys.stderr)
-        return 1
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)

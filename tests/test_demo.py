@@ -240,6 +240,7 @@ def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(
     assert report["recipe"]["residual_steps"] == 1 and report["recipe"]["residual_examples"] == 40
     assert report["recipe"]["residual_topk"] == shipped["recipe"]["residual_topk"]
     assert set(report["auc"]) == set(KINDS) | {"mean"} and all(0 <= v <= 1 for v in report["auc"].values())
-    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), "--model", "default",
-                          "--residual-steps", "1"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "FP32" in bad.stderr, bad.stderr
+    for argv, says in ((["--model", "default"], "reads an FP32 encoder"), (["--objects", "4-10"], "MIN,MAX")):
+        bad = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), *argv],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr and says in bad.stderr, bad.stderr
