@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/quantize_speed.py build/wide384.amiedge --threads 1 --rounds 30 --no-fp16 --voe-pairs 0
 
 Same input (64 px, 4 frames, tubelet 2, patch 8: 128 tokens), depth (encoder 4, predictor 3) and 3-D RoPE as
-`demo_model_config(patch=8, depth=4)` (the default before stop 17), only the widths and head counts changed; no AC predictor. Weights are seeded N(0, 0.02)
-clamped at 2 sigma with zero biases, as `load_preset` does: this measures speed and quantization error of the
-geometry, not a trained model.
+`demo_model_config(patch=8, depth=4)` (the default before stop 17), only the widths and head counts changed; no AC
+predictor. Weights are seeded N(0, 0.02) clamped at 2 sigma with zero biases, as `load_preset` does: this measures
+speed and quantization error of the geometry, not a trained model.
 """
 
 from __future__ import annotations

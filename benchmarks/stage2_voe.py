@@ -1,18 +1,17 @@
 """`train-demo`'s second stage alone, on a shipped bundle's frozen encoder, scored by the VoE test: a 10-minute loop
 for predictor experiments instead of a 25-minute `train-demo` run.
 
-    .venv/bin/python benchmarks/stage2_voe.py [--model default-fp32] [--residual-steps 3600]
-        [--residual-examples 16000] [--topk-weight 1] [--width 64] [--depth 3] [--objects 4,10] [--pairs 40]
-        [--json out.json]
+    .venv/bin/python benchmarks/stage2_voe.py [--model default-fp32] [--residual-steps N] [--residual-examples N]
+        [--topk-weight W] [--width N] [--depth N] [--objects MIN,MAX] [--seed N] [--pairs 40] [--json out.json]
 
 The second stage trains a next-step predictor on tokens of an encoder that no longer changes, so it does not need
 the first stage to be re-run: this script runs the encoder graph of `--model` in ONNX Runtime in place of the torch
-encoder and calls `finetune_residual`, the function `train-demo` calls, with the shipped recipe's `TrainConfig`
-(seed, world pools, clip cache, steps, loss). Options override the recipe's second-stage fields. The trained torch
-predictor is then scored as `ami-edge eval-voe` scores a bundle: the same pairs (seeds from 1 000 000), the
-bundle's surprise reduction, the encoder through ONNX Runtime.
+encoder and calls `finetune_residual`, the function `train-demo` calls, with the `TrainConfig` the bundle's manifest
+records (seed, world pools, clip cache, steps, loss). Options override that recipe's second-stage fields. The
+trained torch predictor is then scored as `ami-edge eval-voe` scores a bundle: the same pairs (seeds from
+1 000 000), the bundle's surprise reduction, the encoder through ONNX Runtime.
 
-On the shipped `default-fp32` with the shipped recipe it reproduces the shipped predictor's VoE within the noise
+On the shipped `default-fp32` with no options it reproduces the shipped predictor's VoE within the noise
 of 40 pairs (README, "The default world model"). Needs the [export] extra (torch).
 """
 
@@ -22,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +29,9 @@ import torch
 from ami_edge import load_bundle
 from ami_edge.errors import AmiEdgeError
 from ami_edge.export.demo.train import (TrainConfig, TrainResult, demo_model_config, finetune_residual,
-                                        residual_loss_for)
-from ami_edge.export.demo.data import WorldPool
+                                        held_out_batch)
 from ami_edge.export.demo.voe import KINDS, evaluate, latent_scorer
 from ami_edge.runtime import predictor_extrapolates
-
-# The shipped recipe's first-stage shape (README: `ami-edge train-demo`); the encoder itself comes from the bundle.
-SHIPPED = TrainConfig(steps=1000, batch=16, horizon=3, horizon_sampling="one", target_fraction=0.25,
-                      residual_steps=3600, residual_examples=16000)
-
 
 class OnnxEncoder:
     """The bundle's encoder graph behind the torch call `finetune_residual` makes: (B, C, T, H, W) -> (B, N, D)."""
@@ -78,21 +70,22 @@ def setup(args: argparse.Namespace):
     if m.graphs["encoder"].precision != "fp32":
         raise ValueError(f"{args.model}: the encoder is {m.graphs['encoder'].precision}; train-demo's second stage "
                          "reads an FP32 encoder (try --model default-fp32)")
-    if args.residual_steps < 1:
+    recipe = (m.training or {}).get("recipe")
+    if not recipe:
+        raise ValueError(f"{args.model}: the manifest records no train-demo recipe (make it with ami-edge train-demo)")
+    if args.residual_steps is not None and args.residual_steps < 1:
         raise ValueError(f"--residual-steps must be >= 1, got {args.residual_steps}")
-    try:
-        lo, hi = (int(x) for x in args.objects.split(","))
-    except ValueError:
-        raise ValueError(f"--objects takes MIN,MAX (e.g. 4,10), got {args.objects!r}") from None
-    cfg = replace(SHIPPED, seed=args.seed, residual_steps=args.residual_steps, threads=args.threads,
-                  residual_examples=args.residual_examples, residual_objects=(lo, hi),
-                  residual_width=args.width, residual_depth=args.depth,
-                  **residual_loss_for(m.latent.surprise, m.latent.grid))
-    if args.topk_weight is not None:
-        cfg = replace(cfg, residual_topk_weight=args.topk_weight)
-    enc_cfg = dict(m.model.get("encoder", {}))
-    model_cfg = demo_model_config(cfg.image_size, cfg.frames, enc_cfg.get("patch_size", cfg.patch),
-                                  enc_cfg.get("embed_dim", cfg.width), enc_cfg.get("depth", cfg.depth))
+    given = {"residual_steps": args.residual_steps, "residual_examples": args.residual_examples,
+             "residual_topk_weight": args.topk_weight, "residual_width": args.width, "residual_depth": args.depth,
+             "seed": args.seed, "threads": args.threads}
+    if args.objects is not None:
+        parts = args.objects.split(",")
+        if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
+            raise ValueError(f"--objects takes MIN,MAX (e.g. 4,10), got {args.objects!r}")
+        given["residual_objects"] = tuple(int(x) for x in parts)
+    cfg = TrainConfig(**{**recipe, "residual_objects": tuple(recipe["residual_objects"]),
+                         **{k: v for k, v in given.items() if v is not None}})
+    model_cfg = demo_model_config(cfg.image_size, cfg.frames, cfg.patch, cfg.width, cfg.depth)
     if list(model_cfg.encoder.grid) != list(m.latent.grid):
         raise ValueError(f"{args.model}: token grid {m.latent.grid} is not a demo encoder's")
     return bundle, cfg, model_cfg
@@ -101,14 +94,14 @@ def setup(args: argparse.Namespace):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default-fp32", help="an FP32 demo bundle (default: the shipped one)")
-    p.add_argument("--residual-steps", type=int, default=SHIPPED.residual_steps)
-    p.add_argument("--residual-examples", type=int, default=SHIPPED.residual_examples)
-    p.add_argument("--topk-weight", type=float, default=None, help="weight of the worst-K-tokens term (default: "
-                   "the recipe's for the bundle's surprise reduction)")
-    p.add_argument("--width", type=int, default=SHIPPED.residual_width, help="conv predictor channels (default 64)")
-    p.add_argument("--depth", type=int, default=SHIPPED.residual_depth, help="conv predictor blocks (default 3)")
-    p.add_argument("--objects", default="4,10", help="bodies per second-stage scene, MIN,MAX (default 4,10)")
-    p.add_argument("--seed", type=int, default=SHIPPED.seed)
+    p.add_argument("--residual-steps", type=int, help="second-stage steps (default: the recipe's)")
+    p.add_argument("--residual-examples", type=int, help="cached next-step clips (default: the recipe's)")
+    p.add_argument("--topk-weight", type=float, help="weight of the worst-K-tokens term (default: the recipe's)")
+    p.add_argument("--width", type=int, help="conv predictor channels (default: the recipe's)")
+    p.add_argument("--depth", type=int, help="conv predictor blocks (default: the recipe's)")
+    p.add_argument("--objects", help="bodies per second-stage scene, MIN,MAX (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seed of the worlds, the predictor and its data order (default: the "
+                   "recipe's)")
     p.add_argument("--pairs", type=int, default=40, help="VoE pairs per violation type (default 40)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the report here")
@@ -124,8 +117,7 @@ def main() -> int:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     model = FrozenModel(model_cfg, OnnxEncoder(bundle.graph_path("encoder"), cfg.threads))
-    window = cfg.frames + 2 * cfg.horizon  # the first stage's held-out clips, as `train` draws them
-    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, window).sample(cfg.batch)
+    held_out = held_out_batch(cfg)  # the clips train-demo reports its held-out losses on
     result = TrainResult(model, history=[{}])
     start = time.perf_counter()
 

@@ -11,9 +11,9 @@ the runtime's one tubelet step), adds Gaussian noise to every body's position (p
 ghost), simulates H frames with the true physics and renders them. Surprise is the runtime's reduction applied to
 pixels: the squared error of the rendered last tubelet step (frames t - 1 and t) per `--patch` square patch (4: a
 token of the default model; 8: of the defaults before it), averaged over the 4 worst patches; each clip scores its
-peak, and ROC-AUC per violation type is computed as `eval-voe` does. With no noise the oracle is exact and every AUC is 1.0; the noise at which an AUC
-falls below the issue's 0.95 is the precision a perfect dynamics model would need. Splice is left out (a spliced
-clip comes from another world; every model so far scores 1.0 there).
+peak, and ROC-AUC per violation type is computed as `eval-voe` does. With no noise the oracle is exact and every AUC
+is 1.0; the noise at which an AUC falls below the issue's 0.95 is the precision a perfect dynamics model would need.
+Splice is left out (a spliced clip comes from another world; every model so far scores 1.0 there).
 
 Pure numpy + OpenCV, no model: it measures the task, not the product.
 """

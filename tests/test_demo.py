@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,10 +225,6 @@ def test_roc_auc():
 def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(tmp_path):
     """benchmarks/stage2_voe.py: the shipped encoder graph in ONNX Runtime stands in for the torch encoder, so its
     held-out next-step examples are train-demo's own: copying the last step scores what the shipped run recorded."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "stage2.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), "--residual-steps", "1",

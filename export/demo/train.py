@@ -286,6 +286,11 @@ def warmup_cosine(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def held_out_batch(cfg: TrainConfig) -> Batch:
+    """The held-out clips both stages report on: worlds seeded apart from the training pools."""
+    return WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2 * cfg.horizon).sample(cfg.batch)
+
+
 def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     """Train the demo model. `progress(step, total, row)` is called every `log_every` steps (a progress bar); `total`
     counts both stages."""
@@ -295,7 +300,7 @@ def train(cfg: TrainConfig, progress: Any = None) -> TrainResult:
     model = JEPAModel(demo_model_config(cfg.image_size, cfg.frames, cfg.patch, cfg.width, cfg.depth))
     _init(model, gen)
     pool = WorldPool(cfg.pool, cfg.seed, cfg.image_size, cfg.frames + 2 * cfg.horizon)
-    held_out = WorldPool(cfg.batch, cfg.seed + 10_000, cfg.image_size, cfg.frames + 2 * cfg.horizon).sample(cfg.batch)
+    held_out = held_out_batch(cfg)
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     result = TrainResult(model)
     teacher = None
