@@ -9,7 +9,9 @@ the first stage to be re-run: this script runs the encoder graph of `--model` in
 encoder and calls `finetune_residual`, the function `train-demo` calls, with the `TrainConfig` the bundle's manifest
 records (seed, world pools, clip cache, steps, loss). Options override that recipe's second-stage fields. The
 trained torch predictor is then scored as `ami-edge eval-voe` scores a bundle: the same pairs (seeds from
-1 000 000), the bundle's surprise reduction, the encoder through ONNX Runtime.
+1 000 000), the bundle's surprise reduction, the encoder through ONNX Runtime, and, if the bundle has a stall term
+(`latent.stall`), one with the bundle's offset whose weight is fitted to the new predictor as `train-demo` fits it
+(`--stall-clips` calm clips); `auc_no_stall` in the report leaves it out.
 
 On the shipped `default-fp32` with no options it reproduces the shipped predictor's VoE within the noise
 of 40 pairs (README, "The default world model"). Needs the [export] extra (torch).
@@ -30,7 +32,7 @@ from ami_edge import load_bundle
 from ami_edge.errors import AmiEdgeError
 from ami_edge.export.demo.train import (TrainConfig, TrainResult, demo_model_config, finetune_residual,
                                         held_out_batch)
-from ami_edge.export.demo.voe import KINDS, evaluate, latent_scorer
+from ami_edge.export.demo.voe import KINDS, evaluate, fit_stall_steps, latent_scorer, step_tokens
 from ami_edge.runtime import predictor_extrapolates
 
 class OnnxEncoder:
@@ -73,6 +75,8 @@ def setup(args: argparse.Namespace):
     recipe = (m.training or {}).get("recipe")
     if not recipe:
         raise ValueError(f"{args.model}: the manifest records no train-demo recipe (make it with ami-edge train-demo)")
+    if args.stall_clips < 1:
+        raise ValueError(f"--stall-clips must be >= 1, got {args.stall_clips}")
     if args.residual_steps is not None and args.residual_steps < 1:
         raise ValueError(f"--residual-steps must be >= 1, got {args.residual_steps}")
     given = {"residual_steps": args.residual_steps, "residual_examples": args.residual_examples,
@@ -103,6 +107,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, help="seed of the worlds, the predictor and its data order (default: the "
                    "recipe's)")
     p.add_argument("--pairs", type=int, default=40, help="VoE pairs per violation type (default 40)")
+    p.add_argument("--stall-clips", type=int, default=40, help="calm clips the stall term's weight is fitted on "
+                   "(default 40, as train-demo)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the report here")
     args = p.parse_args()
@@ -137,10 +143,16 @@ def main() -> int:
     def encode(x: np.ndarray) -> np.ndarray:
         return model.encoder.session.run(None, {"pixels": x})[0]
 
-    score = latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m),
-                          m.input.mean, m.input.std, how=m.latent.surprise)
-    report = evaluate(score, pairs=args.pairs)
+    graphs = (encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m), m.input.mean,
+              m.input.std)
+    stall = None
+    if m.latent.stall is not None:
+        stall = fit_stall_steps(step_tokens(*graphs), m.latent.surprise, m.input.height, m.latent.stall.offset,
+                                args.stall_clips)
+    report = evaluate(latent_scorer(*graphs, how=m.latent.surprise, stall=stall), pairs=args.pairs)
+    plain = report if stall is None else evaluate(latent_scorer(*graphs, how=m.latent.surprise), pairs=args.pairs)
     out = {"model": args.model, "surprise": m.latent.surprise, "train_seconds": round(seconds, 1),
+           "stall": None if stall is None else {"offset": stall.offset, "weight": stall.weight},
            "val_residual": result.metrics["val_residual"], "val_copy_last": result.metrics["val_copy_last"],
            "recipe": {k: getattr(cfg, k) for k in ("residual_steps", "residual_examples", "residual_batch",
                                                   "residual_objects", "residual_topk", "residual_topk_weight",
@@ -149,8 +161,13 @@ def main() -> int:
            "auc": {k: round(report[k]["auc"], 3) for k in KINDS},
            "paired": {k: round(report[k]["paired"], 3) for k in KINDS}}
     out["auc"]["mean"] = round(float(np.mean([report[k]["auc"] for k in KINDS])), 4)
+    out["auc_no_stall"] = {k: round(plain[k]["auc"], 3) for k in KINDS}
+    out["auc_no_stall"]["mean"] = round(float(np.mean([plain[k]["auc"] for k in KINDS])), 4)
     print(f"second stage {seconds:.0f} s, held-out {out['val_residual']:.4f} (copy-last {out['val_copy_last']:.4f})")
     print("ROC-AUC " + "  ".join(f"{k} {v:.3f}" for k, v in out["auc"].items()))
+    if stall is not None:
+        print(f"(stall term: offset {stall.offset:g}, weight {stall.weight:.4f} fitted to this predictor; without it: "
+              + "  ".join(f"{k} {v:.3f}" for k, v in out["auc_no_stall"].items()) + ")")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -20,7 +20,8 @@ from typing import Any
 from .errors import BundleError, BundleNotFoundError, ConfigError
 
 # 2: latent.surprise (how per-token prediction errors become the frame's surprise); schema-1 bundles mean "mean"
-SCHEMA_VERSION = 2
+# 3: latent.stall (an optional second surprise term; older runtimes would compute surprise without it)
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 SUFFIX = ".amiedge"
 GRAPH_NAMES = ("encoder", "predictor", "ac_predictor")
@@ -170,14 +171,41 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class StallSpec:
+    """`latent.stall`: a second surprise term for motion that was predicted and did not happen.
+
+    Each token's prediction error is divided by how much the token actually changed since the context's last step
+    plus `offset`, reduced like the first term (`latent.surprise`) and scaled by `weight`; raw surprise is the larger
+    of the two terms (`ami_edge.runtime.step_surprise`). An object that stops in mid-air changes its tokens little
+    where the predictor expected a move, so the ratio is large there, while collisions, whose tokens change a lot,
+    are divided down. `weight` makes the two terms comparable on calm scenes; `train-demo` fits it.
+    """
+
+    offset: float
+    weight: float
+
+    @classmethod
+    def parse(cls, r: _Reader) -> StallSpec:
+        values = {}
+        for key in ("offset", "weight"):
+            value = float(r.get(key, (int, float)))
+            if not (math.isfinite(value) and value > 0):
+                raise BundleError(f"{r.file}: field '{r._path(key)}' must be a finite number > 0, got {value!r}")
+            values[key] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class LatentSpec:
     """The encoder's token grid, and `surprise`: how the per-token prediction errors of one step reduce to the
-    frame's raw surprise (see `check_surprise` and `ami_edge.runtime.step_surprise`)."""
+    frame's raw surprise (see `check_surprise` and `ami_edge.runtime.step_surprise`), with an optional `stall`
+    term (`StallSpec`)."""
 
     tokens: int
     dim: int
     grid: tuple[int, int, int]
     surprise: str = "mean"
+    stall: StallSpec | None = None
 
     @classmethod
     def parse(cls, r: _Reader) -> LatentSpec:
@@ -192,7 +220,9 @@ class LatentSpec:
             check_surprise(surprise, grid[1] * grid[2])
         except ValueError as e:
             raise BundleError(f"{r.file}: field 'latent.surprise': {e}") from None
-        return cls(tokens=tokens, dim=r.positive("dim"), grid=(grid[0], grid[1], grid[2]), surprise=surprise)
+        stall = StallSpec.parse(r.sub("stall")) if r.data.get("stall") is not None else None
+        return cls(tokens=tokens, dim=r.positive("dim"), grid=(grid[0], grid[1], grid[2]), surprise=surprise,
+                   stall=stall)
 
 
 def check_surprise(how: str, step_tokens: int) -> int | None:

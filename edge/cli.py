@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 from . import __version__
 from .errors import AmiEdgeError, MissingExtraError
 
-# The surprise reduction `ami-edge train-demo` records in the bundles it makes (the shipped defaults' recipe).
+# The surprise reduction `ami-edge train-demo` records in the bundles it makes (the shipped defaults' recipe), and
+# the offset of its stall term (`latent.stall`; README "What moved the numbers", stop 19).
 DEMO_SURPRISE = "top4"
+DEMO_STALL_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,16 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def _surprise(text: str) -> str:
@@ -165,6 +178,12 @@ def _configure_train_demo(p: argparse.ArgumentParser) -> None:
                    help=f"surprise reduction recorded in the bundles: mean or topK (default {DEMO_SURPRISE}, "
                         "the K worst predicted tokens: events of one small object are not averaged away); with "
                         "topK the second stage's loss adds each example's K worst tokens, with mean it does not")
+    p.add_argument("--stall-offset", type=_non_negative_float, default=DEMO_STALL_OFFSET,
+                   help="offset of the stall term recorded in the bundles (motion predicted that did not happen: "
+                        f"error / (token change + OFFSET), weight fitted on calm scenes; default {DEMO_STALL_OFFSET:g}"
+                        "; 0 leaves the term out)")
+    p.add_argument("--stall-clips", type=_positive_int, default=40,
+                   help="calm 36-frame clips the stall term's weight is fitted on (default 40)")
 
 
 @command("distill", "distill a JEPA teacher (checkpoint or bundle) into a smaller student bundle, with a report",
@@ -215,6 +234,7 @@ def _configure_eval_voe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--surprise", type=_surprise,
                    help="evaluate with this surprise reduction instead of the bundle's own (mean or topK)")
+    p.add_argument("--no-stall", action="store_true", help="leave out the bundle's stall term (latent.stall)")
 
 
 @command("firmware", "firmware-side tools: export-c DIR copies the portable C protocol files and test vectors",
@@ -423,8 +443,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{m.name} ({m.family}) at {bundle.path}")
     i = m.input
     print(f"  input   {i.layout} frames={i.frames} tubelet={i.tubelet} {i.height}x{i.width}")
+    stall = m.latent.stall
     print(f"  latent  tokens={m.latent.tokens} dim={m.latent.dim} grid={list(m.latent.grid)} "
-          f"surprise={m.latent.surprise}")
+          f"surprise={m.latent.surprise}"
+          + ("" if stall is None else f" stall(offset={stall.offset:g}, weight={stall.weight:g})"))
     for name, g in m.graphs.items():
         worst = m.parity.get("graphs", {}).get(name, {}).get("max_abs")
         parity = f"parity max_abs={worst:.2e}" if isinstance(worst, float) else "parity n/a"

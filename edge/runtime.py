@@ -9,9 +9,11 @@ Per frame: resize (INTER_LINEAR) and normalise into a preallocated clip ring buf
 encoder sees the latest `frames` frames (stride 1). The predictor then predicts the tokens of the next tubelet step
 (k = tubelet frames ahead) from them. Surprise at frame t is the squared error between the prediction made at t - k
 and the tokens the encoder now sees for the step ending at t, averaged over the bundle's `latent.surprise` tokens
-(all of them, or the K worst predicted: `step_surprise`), turned into a z-score against a running
-baseline of calm frames; `event` is the z-score above a threshold. With a surprise calibration (surprise.json from
-`ami-edge calibrate surprise`) the baseline is the calibrated calm scene's instead, fixed, from the first frame.
+(all of them, or the K worst predicted: `step_surprise`); with a `latent.stall` term, the larger of that and the
+same error relative to how much each token changed (motion predicted that did not happen). Raw surprise is turned
+into a z-score against a running baseline of calm frames; `event` is the z-score above a threshold. With a surprise
+calibration (surprise.json from `ami-edge calibrate surprise`) the baseline is the calibrated calm scene's instead,
+fixed, from the first frame.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bundle import Bundle, Manifest, check_surprise, load_bundle
+from .bundle import Bundle, Manifest, StallSpec, check_surprise, load_bundle
 from .camera_model import CameraModel, Undistorter
 from .errors import ConfigError
 from .runners import Runner, make_runner
@@ -34,14 +36,39 @@ from .sources import Frame, LatestFrame, Source, open_source
 from .surprise_calibration import SurpriseCalibration
 
 
-def step_surprise(predicted: np.ndarray, observed: np.ndarray, how: str = "mean") -> np.ndarray:
+def step_surprise(predicted: np.ndarray, observed: np.ndarray, how: str = "mean", last: np.ndarray | None = None,
+                  stall: StallSpec | None = None) -> np.ndarray:
     """Raw surprise of one predicted step: (..., HW, D) predicted and observed tokens -> (...).
 
     The squared error is averaged over each token's D channels, then over the step's tokens as `how` says
     (a bundle's `latent.surprise`): `mean` over all of them, `topK` over the K largest.
+
+    With `stall` (a bundle's `latent.stall`) and `last`, the (..., HW, D) tokens of the context's last step, the
+    result is the larger of that and `stall.weight` x the same reduction of error / (change + `stall.offset`), where
+    change is each token's squared change from `last` to `observed`: motion the predictor expected and the scene
+    did not make.
     """
+    plain, relative = surprise_terms(predicted, observed, how, last, None if stall is None else stall.offset)
+    return plain if stall is None else np.maximum(plain, stall.weight * relative)
+
+
+def surprise_terms(predicted: np.ndarray, observed: np.ndarray, how: str, last: np.ndarray | None = None,
+                   offset: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The terms of `step_surprise` before weighting: the reduced error and, with `offset`, the reduced error
+    relative to each token's change since `last` (None without an offset)."""
     err = ((predicted - observed) ** 2).mean(-1)
     k = check_surprise(how, err.shape[-1])
+    plain = _reduce(err, k)
+    if offset is None:
+        return plain, None
+    if last is None:
+        raise ValueError("step_surprise: a stall term needs the context's last step (`last`)")
+    change = ((observed - last) ** 2).mean(-1)
+    return plain, _reduce(err / (change + offset), k)
+
+
+def _reduce(err: np.ndarray, k: int | None) -> np.ndarray:
+    """(..., HW) per-token errors -> (...): the mean, or the mean of the K largest."""
     if k is None:
         return err.mean(-1)
     return np.partition(err, err.shape[-1] - k, axis=-1)[..., -k:].mean(-1)
@@ -204,7 +231,7 @@ class Runtime:
         self.frames_seen = 0
         t, h, w = m.latent.grid
         self.step_tokens = h * w
-        self.surprise_how = m.latent.surprise
+        self.surprise_how, self.stall = m.latent.surprise, m.latent.stall
         self._ctx_skip, ctx_ids, tgt_ids = predictor_query((t, h, w), self._extrapolates)
         self._ctx_ids, self._tgt_ids = ctx_ids[None], tgt_ids[None]  # (1, N or N - HW), (1, HW)
         # Preallocated: resized frame, the clip ring in (C, F, H, W), and the encoder's feed in the bundle layout.
@@ -216,7 +243,7 @@ class Runtime:
         self._feed = np.empty(feed_shape, np.float32)
         self._order = np.arange(self.frames)
         self._clip = np.empty((3, self.frames, self.height, self.width), np.float32)  # time-ordered, for BTCHW
-        self._pending: deque[tuple[int, np.ndarray]] = deque(maxlen=self.k + 1)
+        self._pending: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque(maxlen=self.k + 1)
 
     # ------------------------------------------------------------------------------------------- pieces
     def describe(self) -> str:
@@ -311,11 +338,15 @@ class Runtime:
         event = False
         if self.predictor is not None:
             predicted = self.predict(tokens)  # (HW, D): the step ending k frames from now
-            made_k_ago = next((p for f, p in self._pending if f == self.frames_seen - self.k), None)
+            made_k_ago = next(((p, last) for f, p, last in self._pending if f == self.frames_seen - self.k), None)
             if made_k_ago is not None:  # it predicted the step that ends with this frame
-                raw = float(step_surprise(made_k_ago, tokens[-self.step_tokens:], self.surprise_how))
+                raw = float(step_surprise(made_k_ago[0], tokens[-self.step_tokens:], self.surprise_how,
+                                          made_k_ago[1], self.stall))
                 surprise, event = self.baseline.update(raw)
-            self._pending.append((self.frames_seen, predicted))
+            # the stall term compares with the context's last step, kept beside the prediction (runners return
+            # fresh arrays per call)
+            last = tokens[-self.step_tokens:] if self.stall is not None else None
+            self._pending.append((self.frames_seen, predicted, last))
             prediction = predicted.mean(0)
         action = self._action
         state = State(seq=frame.seq, t_capture=frame.t_capture, t_done=time.monotonic(), latent=tokens.mean(0),

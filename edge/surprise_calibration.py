@@ -46,6 +46,8 @@ def model_id(bundle: Bundle) -> str:
     latent = asdict(m.latent)
     if latent["surprise"] == "mean":  # the reduction schema-1 bundles had implicitly: their ids stay what they were
         del latent["surprise"]
+    if latent["stall"] is None:  # bundles without a stall term keep the ids they had before it existed
+        del latent["stall"]
     what = {"input": asdict(m.input), "latent": latent, "graphs": graphs}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 

@@ -81,6 +81,12 @@ def test_future_schema_is_refused(bundle):
     (lambda d: d["latent"].update(surprise="top0"), "use 'mean' or 'topK' with 1 <= K <= 16"),
     (lambda d: d["latent"].update(surprise="top17"), "use 'mean' or 'topK' with 1 <= K <= 16"),
     (lambda d: d["latent"].update(surprise=4), "field 'latent.surprise' must be str"),
+    (lambda d: d["latent"].update(stall={"offset": 1.0}), "missing field 'latent.stall.weight'"),
+    (lambda d: d["latent"].update(stall={"offset": 0, "weight": 1.0}), "'latent.stall.offset' must be a finite "
+                                                                         "number > 0"),
+    (lambda d: d["latent"].update(stall={"offset": 1.0, "weight": -2}), "'latent.stall.weight' must be a finite"),
+    (lambda d: d["latent"].update(stall={"offset": 1.0, "weight": "2"}), "'latent.stall.weight' must be int/float"),
+    (lambda d: d["latent"].update(stall=[1.0, 2.0]), "field 'latent.stall' must be dict"),
 ])
 def test_malformed_manifest_names_the_field(bundle, edit, fragment):
     _edit(bundle, edit)

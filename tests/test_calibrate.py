@@ -277,6 +277,12 @@ def test_model_id_covers_the_surprise_reduction(persistence_bundle, tmp_path):
     manifest["latent"]["surprise"] = "top2"
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert model_id(load_bundle(other)) != model_id(load_bundle(persistence_bundle))
+    manifest["latent"]["stall"] = {"offset": 1.0, "weight": 2.0}  # a stall term changes raw surprise, hence the id
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with_stall = model_id(load_bundle(other))
+    manifest["latent"]["stall"]["weight"] = 2.5
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert len({with_stall, model_id(load_bundle(other)), model_id(load_bundle(persistence_bundle))}) == 3
 
 
 def test_calibrated_runtime_is_calm_then_flags_a_jump(persistence_bundle, surprise_json):

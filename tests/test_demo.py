@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ami_edge import load_bundle
-from ami_edge.cli import DEMO_SURPRISE
+from ami_edge.cli import DEMO_STALL_OFFSET, DEMO_SURPRISE
 from ami_edge.errors import ConfigError
 from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc, scene
 from ami_edge.world import World
@@ -22,7 +22,7 @@ from .conftest import assert_one_line_error, run_cli
 def test_train_demo_then_eval_voe(tmp_path):
     out = tmp_path / "demo"
     proc = run_cli("train-demo", "--steps", "4", "--residual-steps", "3", "--residual-examples", "20", "--batch", "4",
-                   "--out", str(out), "--eval-pairs", "2")
+                   "--out", str(out), "--eval-pairs", "2", "--stall-clips", "2")
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
     for name in ("demo.safetensors", "training.png", "history.json"):
@@ -49,11 +49,16 @@ def test_train_demo_then_eval_voe(tmp_path):
     assert q.report["latent_cosine_mean"] >= 0.999 and q.report["voe_pairs"] == 2
     # the surprise reduction train-demo records travels with the bundle into the INT8 one
     assert bundle.manifest.latent.surprise == int8.manifest.latent.surprise == DEMO_SURPRISE
+    # ... and so does the stall term fitted on the FP32 graphs
+    stall = bundle.manifest.latent.stall
+    assert stall == int8.manifest.latent.stall and stall.offset == DEMO_STALL_OFFSET and stall.weight > 0
     proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report) == set(KINDS) and all(0 <= r["paired"] <= 1 for r in report.values())
-    proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--surprise", "mean")
+    proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2")
+    assert proc.returncode == 0 and proc.stdout.startswith(f"surprise: {DEMO_SURPRISE} + stall term (offset 1,")
+    proc = run_cli("eval-voe", "--model", str(bundle.path), "--pairs", "2", "--surprise", "mean", "--no-stall")
     assert proc.returncode == 0 and proc.stdout.startswith("surprise: mean of the per-token"), proc.stderr
     assert_one_line_error(run_cli("eval-voe", "--model", str(bundle.path), "--surprise", "top257"),
                           "--surprise: 'top257' is not a surprise reduction", "1 <= K <= 256")
@@ -100,6 +105,33 @@ def test_second_stage_predictor_choice():
         TrainConfig(residual_objects=(5, 3))
     with pytest.raises(ConfigError, match="residual_topk_weight must be >= 0"):
         TrainConfig(residual_topk_weight=-1.0)
+
+
+def test_stall_fit_evens_out_the_two_terms_on_calm_scenes(tmp_path):
+    """`fit_stall` weights the stall term so that its 99th percentile over the calm clips' frames equals the plain
+    term's; `finish_fp32` records it (offset 0: no term) in the manifest the runtime reads."""
+    import shutil
+
+    from ami_edge.export.demo.cli import finish_fp32
+    from ami_edge.export.demo.voe import STALL_FIT_SEED, bundle_steps, calm_clip
+
+    path = tmp_path / "fp32.amiedge"
+    shutil.copytree(load_bundle("default-fp32").path, path)
+    bundle = finish_fp32(load_bundle(path), 0.5, 0, lambda _: None, stall_clips=2)
+    stall = bundle.manifest.latent.stall
+    assert stall.offset == 0.5 and "voe" not in bundle.manifest.training
+    m = bundle.manifest
+    steps = bundle_steps(bundle)
+    plain, relative = [], []
+    for seed in (STALL_FIT_SEED, STALL_FIT_SEED + 1):
+        for _, predicted, observed, last in steps(calm_clip(seed, size=m.input.height)):
+            err = ((predicted - observed) ** 2).mean(-1)
+            plain.append(np.sort(err, -1)[:, -4:].mean(-1))
+            relative.append(np.sort(err / (((observed - last) ** 2).mean(-1) + 0.5), -1)[:, -4:].mean(-1))
+    assert len(np.concatenate(plain)) == 2 * (36 - 5)  # every frame with a prediction, from both clips
+    assert stall.weight * np.percentile(np.concatenate(relative), 99) == pytest.approx(
+        np.percentile(np.concatenate(plain), 99), rel=1e-5)
+    assert finish_fp32(bundle, 0, 0, lambda _: None).manifest.latent.stall is None
 
 
 def test_world_pool_scenes():
@@ -228,7 +260,7 @@ def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "stage2.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), "--residual-steps", "1",
-                           "--residual-examples", "40", "--pairs", "2", "--json", str(out)],
+                           "--residual-examples", "40", "--pairs", "2", "--stall-clips", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
@@ -239,6 +271,10 @@ def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(
     assert report["recipe"]["residual_steps"] == 1 and report["recipe"]["residual_examples"] == 40
     assert report["recipe"]["residual_topk"] == shipped["recipe"]["residual_topk"]
     assert set(report["auc"]) == set(KINDS) | {"mean"} and all(0 <= v <= 1 for v in report["auc"].values())
+    # the shipped bundle has a stall term: the benchmark fits one to its own predictor, with the bundle's offset
+    stall = load_bundle("default-fp32").manifest.latent.stall
+    assert report["stall"]["offset"] == stall.offset and report["stall"]["weight"] > 0
+    assert set(report["auc_no_stall"]) == set(report["auc"])
     for argv, says in ((["--model", "default"], "reads an FP32 encoder"), (["--objects", "4-10"], "MIN,MAX")):
         bad = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), *argv],
                              capture_output=True, text=True, timeout=120)

@@ -81,6 +81,37 @@ def test_top_k_surprise_is_the_mean_of_the_worst_predicted_tokens(video_bundle, 
     assert s.raw_surprise > per_token.mean() * 1.01  # not the mean: the test would pass for it otherwise
 
 
+def test_stall_term_is_the_error_relative_to_each_tokens_change(video_bundle, tmp_path):
+    """With `latent.stall`, raw surprise is the larger of the plain top-K error and weight x the top-K of error /
+    (the token's change since the context's last step + offset), the context being the clip the prediction came
+    from."""
+    import json
+    import shutil
+
+    bundle = tmp_path / "stall.amiedge"
+    shutil.copytree(video_bundle.path, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["latent"].update(surprise="top3", stall={"offset": 0.05, "weight": 40.0})
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    b = load_bundle(bundle)
+    frames = _frames(20)
+    with Runtime(b, source=frames) as rt:
+        s = list(rt.stream())[10]
+    f, k = b.manifest.input.frames, b.manifest.input.tubelet
+    before = _reference_tokens(b, frames[s.seq - k - f + 1:s.seq - k + 1])
+    now = _reference_tokens(b, frames[s.seq - f + 1:s.seq + 1])
+    hw = b.manifest.latent.grid[1] * b.manifest.latent.grid[2]
+    err = ((_reference_prediction(b, before) - now[-hw:]) ** 2).mean(1)
+    change = ((now[-hw:] - before[-hw:]) ** 2).mean(1)
+    plain, relative = np.sort(err)[-3:].mean(), 40.0 * np.sort(err / (change + 0.05))[-3:].mean()
+    assert relative > plain * 1.01  # the stall term decides here: the test would pass without it otherwise
+    assert s.raw_surprise == pytest.approx(float(relative), rel=1e-4)
+    manifest["latent"]["stall"]["weight"] = 1e-6  # the plain term wins: raw surprise is the top-3 error again
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with Runtime(load_bundle(bundle), source=frames) as rt:
+        assert list(rt.stream())[10].raw_surprise == pytest.approx(float(plain), rel=1e-4)
+
+
 def test_encode_and_predict_apis(video_bundle):
     frames = _frames(4, size=64, seed=5)
     with Runtime(video_bundle, source=[]) as rt:

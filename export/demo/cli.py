@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,6 @@ def train_demo(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ami_edge import load_bundle
-    from ami_edge.bundle import MANIFEST
 
     from ..cli import quiet_exporter
     from ..loaders.base import LoadedModel, sha256_path
@@ -29,7 +28,6 @@ def train_demo(args: argparse.Namespace) -> int:
     from ..onnx_export import export_bundle
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .train import TrainConfig, demo_model_config, plot_history, residual_loss_for, save_history, train
-    from .voe import bundle_scorer, evaluate
 
     console = Console(stderr=True, log_path=False)
     shape = {"patch": args.patch, "width": args.width, "depth": args.depth}
@@ -65,20 +63,44 @@ def train_demo(args: argparse.Namespace) -> int:
     with quiet_exporter(args.verbose):
         bundle = export_bundle(loaded, out / "default-fp32.amiedge", name="default-fp32", seed=args.seed,
                                on_stage=console.log, training=result.metrics, surprise=args.surprise)
-    if args.eval_pairs > 0:
-        console.log(f"VoE evaluation on held-out seeds ({args.eval_pairs} pairs per type)")
-        report = evaluate(bundle_scorer(bundle), pairs=args.eval_pairs)
-        _print_voe(report, bundle.manifest.latent.surprise)
-        # the manifest is plain JSON (graphs carry their own sha256): record the evaluation next to the recipe
-        manifest_path = bundle.path / MANIFEST
-        manifest = json.loads(manifest_path.read_text())
-        manifest["training"]["voe"] = report
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    bundle = finish_fp32(bundle, args.stall_offset, args.eval_pairs, console.log, args.stall_clips)
     console.log("INT8 default from the FP32 bundle (calibration: the demo world, seed 5, 512 frames)")
     int8 = quantize_default(bundle.path, out, args.eval_pairs, console.log)
     print(f"wrote {load_bundle(bundle.path).path}")
     print(f"wrote {int8.path}")
     return 0
+
+
+def finish_fp32(bundle: Bundle, stall_offset: float, eval_pairs: int, log: Callable[[str], None],
+                stall_clips: int = 40) -> Bundle:
+    """What train-demo adds to the exported `default-fp32` manifest: the stall term (`latent.stall`, fitted on
+    `stall_clips` calm scenes; `stall_offset` 0 leaves it out) and the VoE report (`training.voe`; `eval_pairs` 0
+    skips it). The manifest is plain JSON (the graphs carry their own sha256), so both are written into it.
+    Returns the bundle reloaded."""
+    from ami_edge import load_bundle
+    from ami_edge.bundle import MANIFEST
+
+    from .voe import bundle_scorer, evaluate, fit_stall
+
+    path = bundle.path / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["latent"].pop("stall", None)
+    manifest["training"].pop("voe", None)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    bundle = load_bundle(bundle.path)
+    if stall_offset > 0:
+        stall = fit_stall(bundle, stall_offset, stall_clips)
+        log(f"stall term: offset {stall.offset:g}, weight {stall.weight:.4f} (fitted on calm scenes)")
+        manifest["latent"]["stall"] = asdict(stall)
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
+        bundle = load_bundle(bundle.path)
+    if eval_pairs > 0:
+        log(f"VoE evaluation on held-out seeds ({eval_pairs} pairs per type)")
+        report = evaluate(bundle_scorer(bundle), pairs=eval_pairs)
+        _print_voe(report, _surprise_name(bundle.manifest.latent))
+        manifest["training"]["voe"] = report
+        path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_bundle(bundle.path)
 
 
 # How the shipped INT8 `default` is made from `default-fp32`: calibration frames from the demo world (seed 5, away
@@ -108,13 +130,22 @@ def eval_voe(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     if args.surprise is not None:
         check_surprise_option(args.surprise, bundle.manifest.latent.grid)
-    report = evaluate(bundle_scorer(bundle, how=args.surprise), pairs=args.pairs)
+    report = evaluate(bundle_scorer(bundle, how=args.surprise, stall=not args.no_stall), pairs=args.pairs)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        _print_voe(report, args.surprise or bundle.manifest.latent.surprise)
+        latent = bundle.manifest.latent
+        _print_voe(report, _surprise_name(replace(latent, surprise=args.surprise or latent.surprise,
+                                                  stall=None if args.no_stall else latent.stall)))
     return 0
+
+
+def _surprise_name(latent) -> str:
+    """How a bundle's surprise is computed, in words: the reduction, and the stall term if it has one."""
+    if latent.stall is None:
+        return latent.surprise
+    return f"{latent.surprise} + stall term (offset {latent.stall.offset:g}, weight {latent.stall.weight:.4f})"
 
 
 def _print_voe(report: dict, surprise: str) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ami_edge.runtime import predictor_extrapolates, predictor_query, step_surprise
+from ami_edge.bundle import StallSpec
+from ami_edge.runtime import predictor_extrapolates, predictor_query, step_surprise, surprise_terms
 from ami_edge.world import World, WorldConfig
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through", "splice")
@@ -43,6 +44,11 @@ def _render(world: World, steps: int, size: int, hook: Callable[[World, int], No
         frames.append(world.render(size))
         world.step()
     return np.stack(frames)
+
+
+def calm_clip(seed: int, length: int = 36, size: int = 64) -> np.ndarray:
+    """The normal course of events in the VoE-style scene of `seed`: (length, size, size, 3) uint8."""
+    return _render(World(scene(seed)), length, size)
 
 
 def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: int = 14) -> Pair | None:
@@ -135,15 +141,31 @@ def surprise_windows(x, frames: int, batch: int, stack: Callable, lag: int = 2):
 
 def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[..., np.ndarray],
                   grid: tuple[int, int, int], frames: int, extrapolates: bool, mean, std, batch: int = 32,
-                  how: str = "mean") -> Callable[[np.ndarray], np.ndarray]:
+                  how: str = "mean", stall: StallSpec | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Surprise per frame as the runtime computes it (`step_surprise`): squared error between the tokens predicted
     for the step ending at frame t (from the clip ending one tubelet earlier) and the tokens the encoder sees for
-    that step, averaged over the step's tokens as `how` says (`mean`, or `topK`: the K largest).
+    that step, averaged over the step's tokens as `how` says (`mean`, or `topK`: the K largest), and with `stall`
+    (`latent.stall`) the larger of that and the stall term.
 
     `encode((k, C, F, H, W) float32) -> (k, N, D)`, `predict(context, context_ids, target_ids) -> (k, HW, D)`.
     RoPE predictors (`extrapolates`) take the whole clip and the step after it; sincos-table ones the clip's last
     T-1 steps and the last position inside their table (see `Runtime`).
     """
+    steps = step_tokens(encode, predict, grid, frames, extrapolates, mean, std, batch)
+
+    def score(clip: np.ndarray) -> np.ndarray:
+        out = np.full(len(clip), np.nan, np.float32)
+        for chunk, predicted, observed, last in steps(clip):
+            out[chunk] = step_surprise(predicted, observed, how, last, stall)
+        return out
+
+    return score
+
+
+def step_tokens(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[..., np.ndarray],
+                grid: tuple[int, int, int], frames: int, extrapolates: bool, mean, std, batch: int = 32):
+    """`steps(clip)` yields (frame indices t, predicted, observed, context's last step), each (k, HW, D): what
+    surprise at t compares (see `latent_scorer`)."""
     t_steps, gh, gw = grid
     hw = gh * gw
     tubelet = frames // t_steps
@@ -151,23 +173,34 @@ def latent_scorer(encode: Callable[[np.ndarray], np.ndarray], predict: Callable[
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]
 
-    def score(clip: np.ndarray) -> np.ndarray:
+    def steps(clip: np.ndarray):
         x = ((clip.astype(np.float32) / 255.0).transpose(0, 3, 1, 2) - mean) / std  # (L, 3, H, W)
-        out = np.full(len(clip), np.nan, np.float32)
         for chunk, ctx, tgt in surprise_windows(x, frames, batch, np.stack, tubelet):
             z_ctx = encode(np.ascontiguousarray(ctx))
             z_tgt = encode(np.ascontiguousarray(tgt))
             k = len(chunk)
             p = predict(np.ascontiguousarray(z_ctx[:, skip:]), np.tile(ctx_ids, (k, 1)), np.tile(tgt_ids, (k, 1)))
-            out[chunk] = step_surprise(p, z_tgt[:, -hw:], how)
-        return out
+            yield chunk, p, z_tgt[:, -hw:], z_ctx[:, -hw:]
 
-    return score
+    return steps
 
 
-def bundle_scorer(bundle, how: str | None = None, batch: int = 32) -> Callable[[np.ndarray], np.ndarray]:
+def bundle_scorer(bundle, how: str | None = None, batch: int = 32, stall: bool = True
+                  ) -> Callable[[np.ndarray], np.ndarray]:
     """The same surprise from an exported bundle through ONNX Runtime (numpy only, as on a device); `how` overrides
-    the bundle's own reduction (`latent.surprise`)."""
+    the bundle's own reduction (`latent.surprise`), and `stall=False` leaves out its stall term (`latent.stall`)."""
+    m = bundle.manifest
+    return latent_scorer(*_bundle_graphs(bundle), batch, how or m.latent.surprise,
+                         m.latent.stall if stall else None)
+
+
+def bundle_steps(bundle, batch: int = 32):
+    """`step_tokens` for a bundle's graphs in ONNX Runtime."""
+    return step_tokens(*_bundle_graphs(bundle), batch)
+
+
+def _bundle_graphs(bundle) -> tuple:
+    """(encode, predict, grid, frames, extrapolates, mean, std) of a bundle's graphs in ONNX Runtime."""
     import onnxruntime as ort
 
     m = bundle.manifest
@@ -183,5 +216,30 @@ def bundle_scorer(bundle, how: str | None = None, batch: int = 32) -> Callable[[
     def predict(context: np.ndarray, context_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
         return pred.run(None, {"context": context, "context_ids": context_ids, "target_ids": target_ids})[0]
 
-    return latent_scorer(encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m), m.input.mean,
-                         m.input.std, batch, how or m.latent.surprise)
+    return encode, predict, tuple(m.latent.grid), m.input.frames, predictor_extrapolates(m), m.input.mean, m.input.std
+
+
+# Calm clips for fitting a stall term's weight: normal scenes like the VoE's, from seeds neither training (small
+# seeds) nor the VoE (one million on) uses.
+STALL_FIT_SEED = 500_000
+
+
+def fit_stall(bundle, offset: float, clips: int = 40, quantile: float = 99.0) -> StallSpec:
+    """A stall term (`latent.stall`) for `bundle` with this `offset`: its weight makes the two terms' `quantile`
+    over every frame of `clips` calm clips equal, so that on calm scenes neither term dominates the other."""
+    m = bundle.manifest
+    return fit_stall_steps(bundle_steps(bundle), m.latent.surprise, m.input.height, offset, clips, quantile)
+
+
+def fit_stall_steps(steps, how: str, size: int, offset: float, clips: int = 40,
+                    quantile: float = 99.0) -> StallSpec:
+    """`fit_stall` for any model: `steps` as `step_tokens` makes it, `how` its surprise reduction, `size` its input
+    resolution."""
+    plain, relative = [], []
+    for seed in range(STALL_FIT_SEED, STALL_FIT_SEED + clips):
+        for _, predicted, observed, last in steps(calm_clip(seed, size=size)):
+            terms = surprise_terms(predicted, observed, how, last, offset)
+            plain.append(terms[0])
+            relative.append(terms[1])
+    ratio = np.percentile(np.concatenate(plain), quantile) / np.percentile(np.concatenate(relative), quantile)
+    return StallSpec(offset=float(offset), weight=round(float(ratio), 6))
