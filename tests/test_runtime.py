@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import cv2
 import numpy as np
 import onnxruntime as ort
@@ -58,25 +61,33 @@ def test_stream_latents_predictions_and_surprise_match_the_graphs(video_bundle):
     assert streamed[0].surprise is None and streamed[-1].surprise is not None  # warm-up, then a z-score
 
 
-def test_top_k_surprise_is_the_mean_of_the_worst_predicted_tokens(video_bundle, tmp_path):
-    """A bundle whose `latent.surprise` is topK averages the squared error over its K worst predicted tokens only."""
-    import json
-    import shutil
-
-    bundle = tmp_path / "topk.amiedge"
-    shutil.copytree(video_bundle.path, bundle)
+def _with_latent(src, tmp_path, **latent):
+    """A copy of bundle `src` whose manifest's `latent` is updated with `latent` (a second call edits the copy)."""
+    bundle = tmp_path / "edited.amiedge"
+    if not bundle.exists():
+        shutil.copytree(src.path, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["latent"]["surprise"] = "top3"
+    manifest["latent"].update(latent)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    b = load_bundle(bundle)
-    frames = _frames(20)
+    return load_bundle(bundle)
+
+
+def _state_and_tokens(b, frames: list[np.ndarray], i: int):
+    """The i-th streamed state and, from plain ONNX Runtime, what its surprise compares: the prediction made k frames
+    earlier, the last step of the clip it was made from, and the tokens of the step ending now (each (HW, D))."""
     with Runtime(b, source=frames) as rt:
-        s = list(rt.stream())[10]
+        s = list(rt.stream())[i]
     f, k = b.manifest.input.frames, b.manifest.input.tubelet
     before = _reference_tokens(b, frames[s.seq - k - f + 1:s.seq - k + 1])
     now = _reference_tokens(b, frames[s.seq - f + 1:s.seq + 1])
     hw = b.manifest.latent.grid[1] * b.manifest.latent.grid[2]
-    per_token = ((_reference_prediction(b, before) - now[-hw:]) ** 2).mean(1)
+    return s, _reference_prediction(b, before), before[-hw:], now[-hw:]
+
+
+def test_top_k_surprise_is_the_mean_of_the_worst_predicted_tokens(video_bundle, tmp_path):
+    """A bundle whose `latent.surprise` is topK averages the squared error over its K worst predicted tokens only."""
+    s, predicted, _, now = _state_and_tokens(_with_latent(video_bundle, tmp_path, surprise="top3"), _frames(20), 10)
+    per_token = ((predicted - now) ** 2).mean(1)
     assert s.raw_surprise == pytest.approx(float(np.sort(per_token)[-3:].mean()), rel=1e-4)
     assert s.raw_surprise > per_token.mean() * 1.01  # not the mean: the test would pass for it otherwise
 
@@ -85,31 +96,17 @@ def test_stall_term_is_the_error_relative_to_each_tokens_change(video_bundle, tm
     """With `latent.stall`, raw surprise is the larger of the plain top-K error and weight x the top-K of error /
     (the token's change since the context's last step + offset), the context being the clip the prediction came
     from."""
-    import json
-    import shutil
-
-    bundle = tmp_path / "stall.amiedge"
-    shutil.copytree(video_bundle.path, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["latent"].update(surprise="top3", stall={"offset": 0.05, "weight": 40.0})
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    b = load_bundle(bundle)
     frames = _frames(20)
-    with Runtime(b, source=frames) as rt:
-        s = list(rt.stream())[10]
-    f, k = b.manifest.input.frames, b.manifest.input.tubelet
-    before = _reference_tokens(b, frames[s.seq - k - f + 1:s.seq - k + 1])
-    now = _reference_tokens(b, frames[s.seq - f + 1:s.seq + 1])
-    hw = b.manifest.latent.grid[1] * b.manifest.latent.grid[2]
-    err = ((_reference_prediction(b, before) - now[-hw:]) ** 2).mean(1)
-    change = ((now[-hw:] - before[-hw:]) ** 2).mean(1)
+    b = _with_latent(video_bundle, tmp_path, surprise="top3", stall={"offset": 0.05, "weight": 40.0})
+    s, predicted, last, now = _state_and_tokens(b, frames, 10)
+    err = ((predicted - now) ** 2).mean(1)
+    change = ((now - last) ** 2).mean(1)
     plain, relative = np.sort(err)[-3:].mean(), 40.0 * np.sort(err / (change + 0.05))[-3:].mean()
     assert relative > plain * 1.01  # the stall term decides here: the test would pass without it otherwise
     assert s.raw_surprise == pytest.approx(float(relative), rel=1e-4)
-    manifest["latent"]["stall"]["weight"] = 1e-6  # the plain term wins: raw surprise is the top-3 error again
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with Runtime(load_bundle(bundle), source=frames) as rt:
-        assert list(rt.stream())[10].raw_surprise == pytest.approx(float(plain), rel=1e-4)
+    # a negligible weight: the plain term wins and raw surprise is the top-3 error again
+    b = _with_latent(video_bundle, tmp_path, stall={"offset": 0.05, "weight": 1e-6})
+    assert _state_and_tokens(b, frames, 10)[0].raw_surprise == pytest.approx(float(plain), rel=1e-4)
 
 
 def test_encode_and_predict_apis(video_bundle):
@@ -175,9 +172,6 @@ def test_sincos_predictor_is_asked_for_positions_inside_its_table(tmp_path):
 def test_torch_reference_backend_matches_onnxruntime(video_bundle, tmp_path):
     """backend torch rebuilds the model the bundle was exported from (here preset tiny, seed 3) and runs the same
     feeds: it must agree with the ONNX graphs; a bundle whose checkpoint is gone is one clear line."""
-    import json
-    import shutil
-
     from .conftest import assert_one_line_error, run_cli
 
     frames = _frames(12)
