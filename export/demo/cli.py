@@ -84,23 +84,22 @@ def finish_fp32(bundle: Bundle, stall_offset: float, eval_pairs: int, log: Calla
 
     path = bundle.path / MANIFEST
     manifest = json.loads(path.read_text())
-    manifest["latent"].pop("stall", None)
+    manifest["latent"].pop("stall", None)  # a bundle finished before is finished again, not added to
     manifest["training"].pop("voe", None)
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    bundle = load_bundle(bundle.path)
     if stall_offset > 0:
-        stall = fit_stall(bundle, stall_offset, stall_clips)
+        stall = fit_stall(bundle, stall_offset, stall_clips)  # reads the graphs only
         log(f"stall term: offset {stall.offset:g}, weight {stall.weight:.4f} (fitted on calm scenes)")
         manifest["latent"]["stall"] = asdict(stall)
-        path.write_text(json.dumps(manifest, indent=2) + "\n")
-        bundle = load_bundle(bundle.path)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    bundle = load_bundle(bundle.path)
     if eval_pairs > 0:
         log(f"VoE evaluation on held-out seeds ({eval_pairs} pairs per type)")
         report = evaluate(bundle_scorer(bundle), pairs=eval_pairs)
         _print_voe(report, _surprise_name(bundle.manifest.latent))
         manifest["training"]["voe"] = report
         path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return load_bundle(bundle.path)
+        bundle = load_bundle(bundle.path)
+    return bundle
 
 
 # How the shipped INT8 `default` is made from `default-fp32`: calibration frames from the demo world (seed 5, away
