@@ -1,7 +1,7 @@
 """The VoE test with a physics oracle in place of a learned model: what state precision would the target need?
 
     .venv/bin/python benchmarks/voe_oracle.py [--noise 0.7,0.54 0.3,0.2 0.1,0.05] [--horizon 2] [--pairs 30]
-        [--patch 4] [--json out.json]
+        [--patch 4] [--overlap separate|pass] [--json out.json]
 
 A world model's surprise can only be as sharp as its estimate of where each object is and how fast it moves. This
 script replaces the model with the simulator itself, given a noisy state: for every frame t of a VoE clip (the same
@@ -14,6 +14,12 @@ token of the default model; 8: of the defaults before it), averaged over the 4 w
 peak, and ROC-AUC per violation type is computed as `eval-voe` does. With no noise the oracle is exact and every AUC
 is 1.0; the noise at which an AUC falls below the issue's 0.95 is the precision a perfect dynamics model would need.
 Splice is left out (a spliced clip comes from another world; every model so far scores 1.0 there).
+
+`--overlap pass` takes solidity away from the oracle: bodies that overlap in the true state it starts from (which
+only a pass-through violation produces) are simulated as passing through each other instead of being pushed apart,
+while bodies that merely approach still bounce. That is the best a model can do that predicts every collision but
+has never seen two bodies overlap, as no clip of this world's physics shows it. Comparing the two modes splits
+pass-through's signal into "the bounce did not happen" and "solid bodies do not overlap".
 
 Pure numpy + OpenCV, no model: it measures the task, not the product.
 """
@@ -30,7 +36,7 @@ import numpy as np
 
 from ami_edge.export.demo.voe import make_pairs, roc_auc, scene
 from ami_edge.runtime import step_surprise
-from ami_edge.world import World
+from ami_edge.world import World, _contact
 
 KINDS = ("teleport", "vanish", "freeze", "pass_through")
 SURPRISE = "top4"  # the default model's surprise reduction
@@ -59,14 +65,29 @@ def patches(step: np.ndarray, patch: int) -> np.ndarray:
     return step.reshape(f, g, patch, g, patch, c).transpose(1, 3, 0, 2, 4, 5).reshape(g * g, -1)
 
 
-def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px: float, vel_px: float,
-                  rng: np.random.Generator, patch: int) -> float:
+def overlapping(world: World, depth: float = 1e-6) -> list[bool]:
+    """Per body: does it overlap another visible body by more than `depth` world units? Only a pass-through
+    violation leaves bodies overlapping; the physics leaves touching ones numerically in contact (~1e-15)."""
+    bodies = world.bodies
+
+    def deep(a, b) -> bool:
+        hit = _contact(a, b)
+        return hit is not None and hit[1] > depth
+    return [a.visible and any(b.visible and deep(a, b) for j, b in enumerate(bodies) if j != i)
+            for i, a in enumerate(bodies)]
+
+
+def surprise_trace(states: list[World], frames: np.ndarray, horizon: int, pos_px: float, vel_px: float,
+                   rng: np.random.Generator, patch: int, solid: bool = True) -> np.ndarray:
+    """The oracle's surprise at every frame of a clip (NaN before the first, frame 5, as in the runtime);
+    `solid=False` is `--overlap pass` (see the module doc)."""
     size = frames.shape[1]
-    peaks = []
+    trace = np.full(len(frames), np.nan)
     for t in range(max(horizon, 5), len(frames)):  # the runtime's first surprise is at frame 5 (4-frame clips + 2)
         world = copy.deepcopy(states[t - horizon])
-        for body in world.bodies:
-            body.frozen = body.ghost = False
+        ghosts = [False] * len(world.bodies) if solid else overlapping(world)  # from the true state, before noise
+        for body, ghost in zip(world.bodies, ghosts):
+            body.frozen, body.ghost = False, ghost
             body.pos = body.pos + rng.normal(0.0, pos_px / size, 2)
             body.vel = body.vel + rng.normal(0.0, vel_px * (1 / world.cfg.dt) / size, 2)
         for _ in range(horizon - 1):
@@ -76,8 +97,13 @@ def peak_surprise(states: list[World], frames: np.ndarray, horizon: int, pos_px:
         last = world.render(size).astype(np.float32)
         # the last tubelet step as tokens: one patch of both frames per token, then the runtime's reduction
         predicted, seen = patches(np.stack([before, last]), patch), patches(frames[t - 1:t + 1], patch)
-        peaks.append(float(step_surprise(predicted, seen, SURPRISE)))
-    return float(max(peaks))
+        trace[t] = float(step_surprise(predicted, seen, SURPRISE))
+    return trace
+
+
+def peak_surprise(*args, **kw) -> float:
+    """Peak over the clip of `surprise_trace` (same arguments): the clip's score."""
+    return float(np.nanmax(surprise_trace(*args, **kw)))
 
 
 def main() -> int:
@@ -89,6 +115,10 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=30, help="pairs per violation type (default 30)")
     p.add_argument("--patch", type=int, default=4, help="token size in pixels (default 4, the default model's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--overlap", choices=("separate", "pass"), default="separate",
+                   help="what the oracle does with bodies that overlap: push them apart, as this world's physics "
+                        "does (default), or let them pass through each other, as a model that never saw an "
+                        "overlap might (bounces of approaching bodies are predicted either way)")
     p.add_argument("--json", type=Path, help="also write the table here")
     args = p.parse_args()
     try:
@@ -106,17 +136,20 @@ def main() -> int:
     for kind in KINDS:
         clips[kind] = [(snapshots(pair, True), snapshots(pair, False)) for pair in make_pairs(kind, args.pairs)]
     rows = []
-    print(f"physics oracle, horizon {args.horizon} frames, {args.patch} px tokens, {args.pairs} pairs per type "
-          "(ROC-AUC of peak surprise)")
+    solid = args.overlap == "separate"
+    print(f"physics oracle, horizon {args.horizon} frames, {args.patch} px tokens, {args.pairs} pairs per type, "
+          f"overlapping bodies {'pushed apart' if solid else 'pass through'} (ROC-AUC of peak surprise)")
     print(f"{'position px':>12} {'velocity px/frame':>18} " + " ".join(f"{k:>13}" for k in KINDS))
     for pos, vel in noise:
         rng = np.random.default_rng(args.seed)
         aucs = {}
         for kind in KINDS:
-            v = [peak_surprise(*violating, args.horizon, pos, vel, rng, args.patch) for violating, _ in clips[kind]]
-            n = [peak_surprise(*normal, args.horizon, pos, vel, rng, args.patch) for _, normal in clips[kind]]
+            v = [peak_surprise(*violating, args.horizon, pos, vel, rng, args.patch, solid)
+                 for violating, _ in clips[kind]]
+            n = [peak_surprise(*normal, args.horizon, pos, vel, rng, args.patch, solid) for _, normal in clips[kind]]
             aucs[kind] = roc_auc(np.array(v), np.array(n))
         rows.append({"position_px": pos, "velocity_px_per_frame": vel, "horizon": args.horizon, "patch": args.patch,
+                     "overlap": args.overlap,
                      "auc": aucs})
         print(f"{pos:>12.2f} {vel:>18.2f} " + " ".join(f"{aucs[k]:>13.3f}" for k in KINDS), flush=True)
     if args.json:

@@ -279,3 +279,32 @@ def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(
         bad = subprocess.run([sys.executable, str(root / "benchmarks" / "stage2_voe.py"), *argv],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr and says in bad.stderr, bad.stderr
+
+
+def test_physics_oracle_without_solidity_lets_overlapping_bodies_pass():
+    """benchmarks/voe_oracle.py --overlap pass: from an exact state where bodies overlap (a pass-through violation
+    leaves them so), the oracle predicts them passing through each other, which is what the clip shows, while the
+    world's own physics (the default) pushes them apart and is surprised. Frames that start from states without an
+    overlap score the same in both modes."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import voe_oracle
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    pair = next(p for s in range(1_000_000, 1_000_050) if (p := make_pair("pass_through", s)))
+    states, frames = voe_oracle.snapshots(pair, violate=True)
+    rng = np.random.default_rng(0)
+    solid, passing = (voe_oracle.surprise_trace(states, frames, 2, 0.0, 0.0, rng, 4, solid=mode)
+                      for mode in (True, False))
+    overlap = np.array([any(voe_oracle.overlapping(w)) for w in states])
+    starts = np.arange(len(frames)) - 2  # the state each frame's prediction starts from
+    scored = ~np.isnan(solid)
+    from_overlap = scored & overlap[np.clip(starts, 0, None)] & (starts >= 0)
+    assert from_overlap.sum() >= 2 and not overlap[:pair.frame].any()
+    assert (passing[from_overlap] == 0).all() and (solid[from_overlap] > 0).all()
+    same = scored & ~overlap[np.clip(starts, 0, None)]
+    np.testing.assert_array_equal(solid[same], passing[same])
+    # normal clips of the same scene never overlap, so the mode changes nothing there
+    normal_states, _ = voe_oracle.snapshots(pair, violate=False)
+    assert not any(any(voe_oracle.overlapping(w)) for w in normal_states)
