@@ -340,8 +340,9 @@ class Runtime:
             predicted = self.predict(tokens)  # (HW, D): the step ending k frames from now
             made_k_ago = next(((p, last) for f, p, last in self._pending if f == self.frames_seen - self.k), None)
             if made_k_ago is not None:  # it predicted the step that ends with this frame
-                raw = float(step_surprise(made_k_ago[0], tokens[-self.step_tokens:], self.surprise_how,
-                                          made_k_ago[1], self.stall))
+                then_predicted, then_last = made_k_ago
+                raw = float(step_surprise(then_predicted, tokens[-self.step_tokens:], self.surprise_how, then_last,
+                                          self.stall))
                 surprise, event = self.baseline.update(raw)
             # the stall term compares with the context's last step, kept beside the prediction (runners return
             # fresh arrays per call)

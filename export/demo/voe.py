@@ -75,7 +75,7 @@ def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: 
         if not ok and kind != "splice":
             return None
         body = int(rng.choice(ok)) if ok else 0
-    normal = _render(World(cfg), length, size)
+    normal = calm_clip(seed, length, size)
     if kind == "splice":
         other = World(scene(seed + 50_000))
         for _ in range(int(rng.integers(0, 60))):
@@ -238,8 +238,8 @@ def fit_stall_steps(steps, how: str, size: int, offset: float, clips: int = 40,
     plain, relative = [], []
     for seed in range(STALL_FIT_SEED, STALL_FIT_SEED + clips):
         for _, predicted, observed, last in steps(calm_clip(seed, size=size)):
-            terms = surprise_terms(predicted, observed, how, last, offset)
-            plain.append(terms[0])
-            relative.append(terms[1])
+            a, b = surprise_terms(predicted, observed, how, last, offset)
+            plain.append(a)
+            relative.append(b)
     ratio = np.percentile(np.concatenate(plain), quantile) / np.percentile(np.concatenate(relative), quantile)
     return StallSpec(offset=float(offset), weight=round(float(ratio), 6))
