@@ -82,6 +82,7 @@ class World:
     t: float = 0.0
     step_index: int = 0
     contacts: list[tuple[int, int, int]] = field(default_factory=list)  # (step, i, j) of every collision impulse
+    bounces: list[tuple[int, int, int]] = field(default_factory=list)  # (step, i, axis) of every wall reflection
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.cfg.seed)
@@ -141,16 +142,20 @@ class World:
 
     def _walls(self) -> None:
         w = self.cfg.width
-        for b in self.bodies:
+        for i, b in enumerate(self.bodies):
             if b.frozen:
                 continue
             for axis, hi in ((0, w), (1, 1.0)):
                 lo_edge, hi_edge = b.size, hi - b.size
                 # Reflect the overshoot rather than clamp it: clamping drops potential energy at every bounce.
                 if b.pos[axis] < lo_edge:
+                    if not b.kinematic and b.vel[axis] < 0:
+                        self.bounces.append((self.step_index, i, axis))
                     b.pos[axis] = lo_edge if b.kinematic else min(2 * lo_edge - b.pos[axis], hi_edge)
                     b.vel[axis] = abs(b.vel[axis]) if not b.kinematic else 0.0
                 elif b.pos[axis] > hi_edge:
+                    if not b.kinematic and b.vel[axis] > 0:
+                        self.bounces.append((self.step_index, i, axis))
                     b.pos[axis] = hi_edge if b.kinematic else max(2 * hi_edge - b.pos[axis], lo_edge)
                     b.vel[axis] = -abs(b.vel[axis]) if not b.kinematic else 0.0
 

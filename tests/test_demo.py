@@ -13,7 +13,7 @@ import pytest
 from ami_edge import load_bundle
 from ami_edge.cli import DEMO_STALL_OFFSET, DEMO_SURPRISE
 from ami_edge.errors import ConfigError
-from ami_edge.export.demo.voe import KINDS, make_pair, roc_auc, scene
+from ami_edge.export.demo.voe import KINDS, clip_events, make_pair, pair_events, roc_auc, scene
 from ami_edge.world import World
 
 from .conftest import assert_one_line_error, run_cli
@@ -281,17 +281,22 @@ def test_second_stage_benchmark_reuses_train_demos_stage_on_the_shipped_encoder(
         assert bad.returncode == 1 and "Traceback" not in bad.stderr and says in bad.stderr, bad.stderr
 
 
+def _benchmark(name: str):
+    """Import benchmarks/NAME.py."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+
+
 def test_physics_oracle_without_solidity_lets_overlapping_bodies_pass():
     """benchmarks/voe_oracle.py --overlap pass: from an exact state where bodies overlap (a pass-through violation
     leaves them so), the oracle predicts them passing through each other, which is what the clip shows, while the
     world's own physics (the default) pushes them apart and is surprised. Frames that start from states without an
     overlap score the same in both modes."""
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import voe_oracle
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
+    voe_oracle = _benchmark("voe_oracle")
     pair = next(p for s in range(1_000_000, 1_000_050) if (p := make_pair("pass_through", s)))
     states, frames = voe_oracle.snapshots(pair, violate=True)
     rng = np.random.default_rng(0)
@@ -308,3 +313,67 @@ def test_physics_oracle_without_solidity_lets_overlapping_bodies_pass():
     # normal clips of the same scene never overlap, so the mode changes nothing there
     normal_states, _ = voe_oracle.snapshots(pair, violate=False)
     assert not any(any(voe_oracle.overlapping(w)) for w in normal_states)
+
+
+def test_clip_events_label_what_the_simulator_did():
+    """`clip_events` against the bodies' velocities: in a frame labelled free flight, gravity is the only thing that
+    changed any velocity over the three moves the prediction there depends on (into the context's last frame and
+    the two predicted); a contact or a bounce frame has a body whose velocity changed otherwise; an occluder frame
+    has a visible body that went behind the occluder or came out."""
+    seed = next(s for s in range(1_000_000, 1_000_050) if scene(s).occluder and scene(s).objects >= 4)
+    cfg, length = scene(seed), 36
+    events = clip_events(cfg, length)
+    world, vel, hidden = World(cfg), [], []
+    for _ in range(length):
+        vel.append(np.array([b.vel for b in world.bodies]))
+        hidden.append([b.visible and not world.in_view(i) for i, b in enumerate(world.bodies)])
+        world.step()
+    gravity = np.array([0.0, cfg.gravity * cfg.dt])
+    odd = [False] + [not np.allclose(vel[k] - vel[k - 1], gravity, atol=1e-9) for k in range(1, length)]
+    crossed = [False] + [hidden[k] != hidden[k - 1] for k in range(1, length)]
+    names = {"contact", "bounce", "occluder"}
+    assert all(ev <= names for ev in events)
+    for t in range(1, length):
+        moves = range(max(1, t - 2), t + 1)  # frames t-2, t-1 and t each arrive by one move
+        if not events[t] & {"contact", "bounce"}:
+            assert not any(odd[k] for k in moves), t
+        else:
+            assert any(odd[k] for k in moves), t
+        assert ("occluder" in events[t]) == any(crossed[k] for k in moves), t
+    assert {"contact", "bounce", "occluder"} <= set().union(*events) and frozenset() in events
+    # a frozen body stops: the violating clip of a freeze pair labels the same events up to the freeze
+    pair = next(p for s in range(1_000_000, 1_000_050) if (p := make_pair("freeze", s)))
+    normal, violating = pair_events(pair)
+    assert normal[:pair.frame] == violating[:pair.frame] and normal != violating
+
+
+def test_voe_events_scores_only_the_named_events_as_calm(tmp_path):
+    """benchmarks/voe_events.py: frames with a dropped event fall to the clip's median frame, except the violating
+    clip's frames from the violation on; the AUC moves accordingly."""
+    voe_events = _benchmark("voe_events")
+    nan = np.nan
+    trace = np.array([nan, nan, 1.0, 5.0, 1.0, 2.0])
+    events = [frozenset(), frozenset(), frozenset(), frozenset({"contact"}), frozenset(), frozenset({"bounce"})]
+    np.testing.assert_array_equal(voe_events.calmed(trace, events, ("contact",)), [nan, nan, 1.0, 1.5, 1.0, 2.0])
+    np.testing.assert_array_equal(voe_events.calmed(trace, events, ("contact", "bounce"), keep_from=4),
+                                  [nan, nan, 1.0, 1.5, 1.0, 2.0])
+    # normal clips peak at a contact (5), violating ones at their violation (3, frame 4)
+    normal = [trace, trace + 0.1]
+    violating = [np.array([nan, nan, 1.0, 1.0, 3.0, 1.0])] * 2
+    flat = [frozenset()] * 6
+    args = (violating, normal, [flat, flat], [events, events], [4, 4])
+    assert voe_events.auc_if_calm(*args, ()) == 0.0
+    assert voe_events.auc_if_calm(*args, ("contact",)) == 1.0
+    assert voe_events.label(frozenset({"occluder", "bounce"})) == "bounce" and voe_events.label(frozenset()) == "free"
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "events.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "voe_events.py"), "--pairs", "1", "--kinds",
+                           "freeze", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert sum(report["peaks"].values()) == 1 and set(report["auc"]) == {"freeze"}
+    assert set(report["auc"]["freeze"]) == {"as measured", "contact", "bounce", "occluder", "contact+bounce",
+                                            "contact+bounce+occluder"}
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "voe_events.py"), "--kinds", "splice"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "splices cannot be labelled" in bad.stderr

@@ -83,11 +83,56 @@ def make_pair(kind: str, seed: int, length: int = 36, size: int = 64, earliest: 
         tail = _render(other, length - frame, size)
         return Pair(kind, seed, normal, np.concatenate([normal[:frame], tail]), frame)
 
+    return Pair(kind, seed, normal, _render(World(cfg), length, size, _violation(kind, frame, body)), frame, body)
+
+
+def _violation(kind: str, frame: int, body: int) -> Callable[[World, int], None]:
+    """The `_render` hook that makes `body` violate physics (`kind`) from `frame` on."""
+
     def hook(world: World, k: int) -> None:
         if k == frame:
             world.violate(kind, body)
 
-    return Pair(kind, seed, normal, _render(World(cfg), length, size, hook), frame, body)
+    return hook
+
+
+EVENTS = ("contact", "bounce", "occluder")
+
+
+def clip_events(cfg: WorldConfig, length: int, hook: Callable[[World, int], None] | None = None
+                ) -> list[frozenset[str]]:
+    """What the simulator did around the step the runtime scores at each frame t, for the clip `_render` makes of
+    `cfg` with `hook`: in the moves to frames t-2, t-1 and t (the step ending at t is frames t-1 and t, predicted from
+    the clip ending at t-2, whose last frame shows an event of the move before it only half-way: a velocity read
+    across it is off). A subset of `EVENTS`: "contact" (two bodies collided), "bounce" (a body bounced off a wall,
+    the floor or the ceiling), "occluder" (a visible body went behind the occluder or came out); empty is free
+    flight."""
+    world = World(cfg)
+    arrived: list[set[str]] = [set() for _ in range(length)]  # events of the move from frame k - 1 to frame k
+    hidden = None
+    for k in range(length):
+        if hook is not None:
+            hook(world, k)
+        now = [b.visible and not world.in_view(i) for i, b in enumerate(world.bodies)]
+        if hidden is not None and now != hidden:
+            arrived[k].add("occluder")
+        hidden = now
+        if k + 1 < length:
+            contacts, bounces = len(world.contacts), len(world.bounces)
+            world.step()
+            if len(world.contacts) > contacts:
+                arrived[k + 1].add("contact")
+            if len(world.bounces) > bounces:
+                arrived[k + 1].add("bounce")
+    return [frozenset(set().union(*arrived[max(0, t - 2):t + 1])) for t in range(length)]
+
+
+def pair_events(pair: Pair) -> tuple[list[frozenset[str]], list[frozenset[str]]]:
+    """`clip_events` of a pair's normal and violating clip. Splices have no single world to label: ValueError."""
+    if pair.kind == "splice":
+        raise ValueError("pair_events: a splice joins two worlds; only physics violations can be labelled")
+    cfg, length = scene(pair.seed), len(pair.normal)
+    return clip_events(cfg, length), clip_events(cfg, length, _violation(pair.kind, pair.frame, pair.body))
 
 
 def make_pairs(kind: str, count: int, first_seed: int = 1_000_000, **kw) -> list[Pair]:
