@@ -62,7 +62,7 @@ def auc_if_calm(violating: list[np.ndarray], normal: list[np.ndarray], v_events:
 
 def analyse(score, kinds: tuple[str, ...], pairs: int) -> dict:
     """Traces, labels and the report for `pairs` pairs of each kind scored by `score(frames) -> surprise per frame`."""
-    report: dict = {"auc": {}, "peaks": dict.fromkeys(PEAK_ORDER, 0), "median_normal": {}}
+    report: dict = {"auc": {}, "peaks": dict.fromkeys(PEAK_ORDER, 0)}
     by_event: dict[str, list[float]] = {name: [] for name in PEAK_ORDER}
     for kind in kinds:
         items = make_pairs(kind, pairs)
