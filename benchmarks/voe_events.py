@@ -27,8 +27,7 @@ import numpy as np
 from ami_edge import load_bundle
 from ami_edge.errors import AmiEdgeError
 from ami_edge.export.demo.voe import EVENTS, bundle_scorer, make_pairs, pair_events, roc_auc
-
-KINDS = ("teleport", "vanish", "freeze", "pass_through")
+from ami_edge.world import VIOLATIONS as KINDS  # the physics violations: a splice has no single world to label
 PEAK_ORDER = EVENTS + ("free",)
 # The event sets whose frames the AUC table scores as calm, one column each.
 DROPS = ((), ("contact",), ("bounce",), ("occluder",), ("contact", "bounce"), EVENTS)

@@ -283,8 +283,8 @@ def fit_stall_steps(steps, how: str, size: int, offset: float, clips: int = 40,
     plain, relative = [], []
     for seed in range(STALL_FIT_SEED, STALL_FIT_SEED + clips):
         for _, predicted, observed, last in steps(calm_clip(seed, size=size)):
-            a, b = surprise_terms(predicted, observed, how, last, offset)
-            plain.append(a)
-            relative.append(b)
+            plain_term, relative_term = surprise_terms(predicted, observed, how, last, offset)
+            plain.append(plain_term)
+            relative.append(relative_term)
     ratio = np.percentile(np.concatenate(plain), quantile) / np.percentile(np.concatenate(relative), quantile)
     return StallSpec(offset=float(offset), weight=round(float(ratio), 6))
