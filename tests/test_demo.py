@@ -13,7 +13,7 @@ import pytest
 from ami_edge import load_bundle
 from ami_edge.cli import DEMO_STALL_OFFSET, DEMO_SURPRISE
 from ami_edge.errors import ConfigError
-from ami_edge.export.demo.voe import KINDS, clip_events, make_pair, pair_events, roc_auc, scene
+from ami_edge.export.demo.voe import EVENTS, KINDS, clip_events, make_pair, pair_events, roc_auc, scene
 from ami_edge.world import World
 
 from .conftest import assert_one_line_error, run_cli
@@ -331,8 +331,7 @@ def test_clip_events_label_what_the_simulator_did():
     gravity = np.array([0.0, cfg.gravity * cfg.dt])
     odd = [False] + [not np.allclose(vel[k] - vel[k - 1], gravity, atol=1e-9) for k in range(1, length)]
     crossed = [False] + [hidden[k] != hidden[k - 1] for k in range(1, length)]
-    names = {"contact", "bounce", "occluder"}
-    assert all(ev <= names for ev in events)
+    assert all(ev <= set(EVENTS) for ev in events)
     for t in range(1, length):
         moves = range(max(1, t - 2), t + 1)  # frames t-2, t-1 and t each arrive by one move
         if not events[t] & {"contact", "bounce"}:
@@ -340,7 +339,7 @@ def test_clip_events_label_what_the_simulator_did():
         else:
             assert any(odd[k] for k in moves), t
         assert ("occluder" in events[t]) == any(crossed[k] for k in moves), t
-    assert {"contact", "bounce", "occluder"} <= set().union(*events) and frozenset() in events
+    assert set(EVENTS) <= set().union(*events) and frozenset() in events
     # a frozen body stops: the violating clip of a freeze pair labels the same events up to the freeze
     pair = next(p for s in range(1_000_000, 1_000_050) if (p := make_pair("freeze", s)))
     normal, violating = pair_events(pair)
