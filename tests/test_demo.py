@@ -400,6 +400,33 @@ def test_voe_events_scores_only_the_named_events_as_calm(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "splices cannot be labelled" in bad.stderr
 
 
+def test_state_model_spread_head_learns_sigma_and_leaves_the_positions_alone():
+    """benchmarks/voe_state_model.py: the sigma head's likelihood reaches only the sigma head, so the positions
+    train as without it, and it fits what it is given: on a batch whose 2-D errors are all 0.6 * sqrt 2 px, the
+    predicted sigma goes to the maximum-likelihood 0.6 px for every present body."""
+    import torch
+
+    vsm = _benchmark("voe_state_model")
+    torch.manual_seed(0)
+    model = vsm.InteractionNet(hidden=16)
+    x = torch.from_numpy(vsm.simulate(10_000, 2, near_px=4.0)["x"][:8])
+    with torch.no_grad():
+        target = model(x) + 0.6  # both axes, both horizons: |e|^2 = 0.72
+    loss, nll = vsm.losses(model, x, target)
+    assert abs(loss.item() - 0.36) < 1e-5
+    nll.backward()
+    assert all(p.grad is None or not p.grad.any() for p in [*model.edge.parameters(), *model.node.parameters()])
+    assert all(p.grad is not None and p.grad.any() for p in model.spread.parameters())
+    opt = torch.optim.Adam(model.spread.parameters(), 0.02)
+    for _ in range(400):
+        opt.zero_grad()
+        vsm.losses(model, x, target)[1].backward()
+        opt.step()
+    _, sigma = vsm.predict(model, x.numpy())  # (8, 2, N)
+    present = x.numpy()[:, None, :, 6].repeat(2, 1) > 0
+    np.testing.assert_allclose(sigma[present], 0.6, rtol=0.03)
+
+
 def test_state_model_benchmark_lines_up_states_and_scores(tmp_path):
     """benchmarks/voe_state_model.py: its training states line up with the world (a body in free flight is, two
     frames on, where constant velocity and the 8 substeps of gravity put it: 2.25 g dt^2 lower), and a model that
@@ -411,6 +438,8 @@ def test_state_model_benchmark_lines_up_states_and_scores(tmp_path):
     vsm = _benchmark("voe_state_model")
     oracle = _benchmark("voe_oracle")
     data = vsm.simulate(10_000, 4, near_px=4.0)
+    split = vsm.simulate(10_000, 4, near_px=4.0, workers=3)  # seeds 10000, 10001, 10002-10003 in three processes
+    assert data.keys() == split.keys() and all(np.array_equal(data[k], split[k]) for k in data)
     cfg = scene(0)
     present = data["x"][..., 6] > 0
     drift = data["future"][:, 1] * vsm.PX - data["x"][..., :2] * vsm.PX - 2 * data["x"][..., 2:4]
@@ -432,7 +461,8 @@ def test_state_model_benchmark_lines_up_states_and_scores(tmp_path):
                                               np.random.default_rng(0))
     jump = np.linalg.norm(states[True][pair.frame].bodies[pair.body].pos
                           - states[False][pair.frame].bodies[pair.body].pos) * vsm.PX
-    for score in ("pixels", "state"):
+    assert set(traces[True]) == set(vsm.SCORES)
+    for score in vsm.SCORES:
         normal, violating = traces[False][score], traces[True][score]
         assert np.isnan(normal[:5]).all() and not np.isnan(normal[5:]).any()
         np.testing.assert_array_equal(normal[:pair.frame], violating[:pair.frame])
@@ -443,12 +473,20 @@ def test_state_model_benchmark_lines_up_states_and_scores(tmp_path):
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "state.json"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "voe_state_model.py"), "--scenes", "3",
-                           "--steps", "3", "--pairs", "2", "--json", str(out)], capture_output=True, text=True,
+                           "--steps", "20", "--pairs", "2", "--batch", "16", "--hidden", "16", "--clip", "1",
+                           "--device", "cpu", "--workers", "2", "--json", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
-    assert set(report["auc"]["pixels"]) == set(oracle.KINDS) and "vanish" not in report["auc"]["state"]
+    assert (report["steps"], report["batch"], report["hidden"], report["clip"], report["device"]) == (
+        20, 16, 16, 1.0, "cpu")
+    assert set(report["auc"]["pixels"]) == set(oracle.KINDS)
+    assert all(set(report["auc"][score]) == set(oracle.KINDS) - {"vanish"} for score in vsm.STATE_SCORES)
     assert set(report["held_out_error_px"]) <= {"contact", "bounce", "free"}
+    assert all(len(v) == 3 and v[2] > 0 for v in report["held_out_error_px"].values())
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "voe_state_model.py"), "--noise", "1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "POS,VEL" in bad.stderr
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "voe_state_model.py"), "--device", "tpu"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "--device tpu" in bad.stderr
