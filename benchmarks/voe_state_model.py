@@ -15,9 +15,9 @@ between their outlines and both sizes and shapes; the messages are summed per bo
 the body's position, velocity, size and shape and outputs its position 1 and 2 frames ahead as a correction to
 constant velocity. It trains with MSE on the states of `--scenes` bouncing scenes of 2-10 bodies (seeds from
 10 000, 48 examples each; no scene of this world shows two bodies overlapping), with the state noise it is later
-scored with added to its inputs. A second head on the node MLP's input predicts each body's spread: log sigma of
-its 2-D position error at +1 and +2 frames, trained by the Gaussian negative log-likelihood of the (detached)
-errors, so that the positions train exactly as without it; the model then says how sure it is of each body (a
+scored with added to its inputs. A second head on the node MLP's input predicts each body's spread: log sigma
+(per axis) of its position error at +1 and +2 frames, trained by the Gaussian negative log-likelihood of the
+(detached) errors, so that the positions train exactly as without it; the model then says how sure it is of each body (a
 body in free flight, about to hit a wall, touching another). Held-out error (and the sigma given) is reported on 200
 scenes from seed 900 000 by what the body did over those two frames (contact with another body, a wall bounce, free
 flight).
@@ -42,8 +42,8 @@ import argparse
 import copy
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,7 @@ def simulate(first_seed: int, scenes: int, near_px: float, length: int = 50, wor
 
 class InteractionNet(nn.Module):
     """Bodies' states (B, N, F) -> (B, N, 4): position corrections (px) to constant velocity at +1 and +2 frames;
-    with `spread`, also (B, N, 2): log sigma (px) of the 2-D position error at +1 and +2 frames, from a head that
+    with `spread`, also (B, N, 2): log sigma (px, per axis) of the position error at +1 and +2 frames, from a head that
     reads the node features detached (its loss does not move the positions)."""
 
     def __init__(self, hidden: int = 128):
