@@ -245,7 +245,7 @@ def surprise_traces(model: InteractionNet, states: list[World], frames: np.ndarr
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", type=int, default=6000, help="training scenes (default 6000: 288 000 examples)")
-    p.add_argument("--steps", type=int, default=20000, help="training steps of 256 (default 20000)")
+    p.add_argument("--steps", type=int, default=20000, help="training steps of --batch examples (default 20000)")
     p.add_argument("--noise", default="0,0", help="POS,VEL: state noise in px and px / frame (default exact)")
     p.add_argument("--near", metavar="POS,VEL", help="noise for bodies within --near-px of another (as voe_oracle.py)")
     p.add_argument("--near-px", type=float, default=4.0, help="what --near counts as near, edge to edge (default 4)")
@@ -253,7 +253,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--batch", type=int, default=256, help="training examples per step (default 256)")
-    p.add_argument("--hidden", type=int, default=128, help="width of the edge and node MLPs (default 128)")
+    p.add_argument("--hidden", type=int, default=128, help="width of the edge, node and sigma MLPs (default 128)")
     p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this (default 0: off)")
     p.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU, else cpu), cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="processes that simulate the training scenes (default 1)")
